@@ -1,0 +1,49 @@
+//! One way to serve gRPC for every service: the service's routes plus
+//! `grpc.health.v1`, server reflection, and the request-id layer.
+
+use modmesh_proto::request_id::RequestIdLayer;
+use std::future::Future;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+/// Serves `routes` on `listener` until `shutdown` resolves, reporting each of
+/// `names` (fully qualified service names) as SERVING on the health service.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    routes: Routes,
+    names: &[&str],
+    component: &'static str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in names {
+        reporter
+            .set_service_status(*name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(modmesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("reflection descriptors are valid");
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, component, "serving gRPC");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .layer(RequestIdLayer::new(component))
+        .add_routes(routes)
+        .add_service(health)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+/// Opens a channel to `url` lazily (the first call connects), so a client can
+/// be built before its server is up.
+pub fn channel(url: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_adaptive_window(true)
+        .connect_lazy())
+}

@@ -1,0 +1,44 @@
+//! The fetcher service: runs the Go toolchain against the upstream.
+//!
+//! [`Fetcher`] is the trait; [`gocmd::GoFetcher`] runs the real `go`
+//! command and saves what it downloads into a [`Storage`]; [`server`]
+//! serves any `Arc<dyn Fetcher>` over gRPC and [`client::FetcherClient`] is
+//! a `Fetcher` over gRPC.
+
+#![warn(missing_docs)]
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use modmesh_proto::{Coordinates, ModulePath, Result, Version};
+
+pub mod client;
+pub mod gocmd;
+pub mod server;
+
+pub use modmesh_storage::Storage;
+
+/// A downloaded and stored module version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The canonical version the request resolved to.
+    pub version: Version,
+    /// Its `.info` JSON.
+    pub info: Bytes,
+}
+
+/// Talks to the upstream.
+///
+/// Errors: an upstream "not found" is `NotFound`; a run over the timeout is
+/// `Timeout`; an unreachable upstream is `Unavailable`; anything else keeps
+/// its own kind (`Internal` at worst).
+#[async_trait]
+pub trait Fetcher: Send + Sync + 'static {
+    /// Downloads module@version (a version or a query) and saves it into
+    /// storage unless already stored; returns the resolved version and info.
+    async fn download(&self, c: &Coordinates) -> Result<Fetched>;
+    /// The upstream's versions of `module` (releases and pre-releases).
+    async fn list(&self, module: &ModulePath) -> Result<Vec<String>>;
+    /// Resolves a query (`latest`, a branch, a revision, a version) to its
+    /// `.info` JSON without downloading the module.
+    async fn query(&self, c: &Coordinates) -> Result<Bytes>;
+}
