@@ -96,7 +96,9 @@ pub struct StorageConfig {
 #[serde(default)]
 #[allow(non_snake_case)]
 pub struct DiskConfig {
-    /// `ATHENS_DISK_STORAGE_ROOT`: the store's root directory (must exist).
+    /// `ATHENS_DISK_STORAGE_ROOT`: the store's root directory. It must exist
+    /// where the disk backend runs (checked when the backend is built, so one
+    /// mesh file can name it for processes that do not hold the store).
     pub RootPath: String,
 }
 
@@ -295,12 +297,6 @@ impl Config {
                 return Err(err(
                     "Storage.Disk.RootPath",
                     "required when StorageType is disk",
-                ));
-            }
-            if !Path::new(root).is_dir() {
-                return Err(err(
-                    "Storage.Disk.RootPath",
-                    format!("{root:?} is not an existing directory"),
                 ));
             }
         }
