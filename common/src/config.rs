@@ -325,8 +325,11 @@ impl Config {
             ("LockSvcURL", &self.LockSvcURL),
             ("FetcherSvcURL", &self.FetcherSvcURL),
         ] {
-            if !v.is_empty() && !(v.starts_with("http://") || v.starts_with("https://")) {
-                return Err(err(key, format!("{v:?} must start with http:// or https://")));
+            if !(v.is_empty() || v.starts_with("http://") || v.starts_with("https://")) {
+                return Err(err(
+                    key,
+                    format!("{v:?} must start with http:// or https://"),
+                ));
             }
         }
         Ok(())
@@ -340,8 +343,12 @@ impl Config {
         } else {
             p.to_string()
         };
-        full.parse()
-            .map_err(|_| err("Port", format!("{:?} is not a port or host:port", self.Port)))
+        full.parse().map_err(|_| {
+            err(
+                "Port",
+                format!("{:?} is not a port or host:port", self.Port),
+            )
+        })
     }
 
     /// `Timeout` as a duration.
@@ -446,8 +453,11 @@ mod tests {
         assert_eq!(c.Timeout, 7);
         assert_eq!(c.GoBinaryEnvVars, ["GOPROXY=off", "GOFLAGS=-x"]);
         assert_eq!(c.StorageSvcURL, "http://127.0.0.1:1");
-        let c = Config::load(Some(&file), env(&[("PORT", "5000"), ("ATHENS_PORT", ":6000")]))
-            .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[("PORT", "5000"), ("ATHENS_PORT", ":6000")]),
+        )
+        .unwrap();
         assert_eq!(c.Port, ":6000");
     }
 

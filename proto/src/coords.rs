@@ -267,12 +267,16 @@ fn check_elem(elem: &str, module: bool) -> std::result::Result<(), String> {
         && short.len() == 4
         && short.as_bytes()[3].is_ascii_digit();
     if RESERVED.contains(&short.as_str()) || numbered {
-        return Err(format!("{elem:?} disallowed as path element component on Windows"));
+        return Err(format!(
+            "{elem:?} disallowed as path element component on Windows"
+        ));
     }
     if let Some(t) = short.rfind('~') {
         let suffix = &short[t + 1..];
         if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("trailing tilde and digits in path element {elem:?}"));
+            return Err(format!(
+                "trailing tilde and digits in path element {elem:?}"
+            ));
         }
     }
     Ok(())
@@ -296,13 +300,12 @@ fn check_major_suffix(path: &str) -> std::result::Result<(), String> {
         return Ok(());
     }
     let last = path.rsplit('/').next().unwrap_or(path);
-    if path.contains('/') {
-        if let Some(n) = last.strip_prefix('v') {
-            if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
-                if n.starts_with('0') || n == "1" {
-                    return Err(format!("invalid major version suffix /{last}"));
-                }
-            }
+    let major = last
+        .strip_prefix('v')
+        .filter(|n| path.contains('/') && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if let Some(n) = major {
+        if n.starts_with('0') || n == "1" {
+            return Err(format!("invalid major version suffix /{last}"));
         }
     }
     Ok(())
@@ -404,17 +407,21 @@ pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
             Some((c, p)) => (c, Some(p.to_string())),
             None => (v, None),
         };
-        (core.split('.').map(|n| n.parse().unwrap_or(0)).collect(), pre)
+        (
+            core.split('.').map(|n| n.parse().unwrap_or(0)).collect(),
+            pre,
+        )
     };
     let (ca, pa) = strip(a);
     let (cb, pb) = strip(b);
-    ca.cmp(&cb).then_with(|| match (pa, pb) {
-        (None, None) => Ordering::Equal,
-        (None, Some(_)) => Ordering::Greater,
-        (Some(_), None) => Ordering::Less,
-        (Some(x), Some(y)) => compare_prerelease(&x, &y),
-    })
-    .then_with(|| a.cmp(b))
+    ca.cmp(&cb)
+        .then_with(|| match (pa, pb) {
+            (None, None) => Ordering::Equal,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(_), None) => Ordering::Less,
+            (Some(x), Some(y)) => compare_prerelease(&x, &y),
+        })
+        .then_with(|| a.cmp(b))
 }
 
 fn compare_prerelease(a: &str, b: &str) -> std::cmp::Ordering {
@@ -450,7 +457,10 @@ mod tests {
     #[test]
     fn escape_round_trips() {
         assert_eq!(escape("github.com/Azure/Go"), "github.com/!azure/!go");
-        assert_eq!(unescape("github.com/!azure/!go").unwrap(), "github.com/Azure/Go");
+        assert_eq!(
+            unescape("github.com/!azure/!go").unwrap(),
+            "github.com/Azure/Go"
+        );
         for bad in ["github.com/Azure", "a!", "a!1", "a!!b", "é.com/x", "a\0b"] {
             // NUL is ASCII and unescapes, but the path check then rejects it.
             if bad.contains('\0') {
@@ -500,10 +510,18 @@ mod tests {
 
     #[test]
     fn versions_are_safe_elements() {
-        for good in ["v1.2.3", "master", "latest", "v2.0.0+incompatible", "abc123"] {
+        for good in [
+            "v1.2.3",
+            "master",
+            "latest",
+            "v2.0.0+incompatible",
+            "abc123",
+        ] {
             assert!(Version::new(good).is_ok(), "{good}");
         }
-        for bad in ["", "-v1", "--help", "..", ".", "v1/../x", "v1;ls", "$(id)", "a b", "v1|x"] {
+        for bad in [
+            "", "-v1", "--help", "..", ".", "v1/../x", "v1;ls", "$(id)", "a b", "v1|x",
+        ] {
             assert!(Version::new(bad).is_err(), "{bad}");
         }
     }
@@ -519,7 +537,9 @@ mod tests {
         assert!(!is_canonical_version("v01.2.3"));
         assert!(is_pseudo_version("v0.0.0-20191109021931-daa7c04131f5"));
         assert!(is_pseudo_version("v1.2.4-0.20191109021931-daa7c04131f5"));
-        assert!(is_pseudo_version("v1.2.4-pre.0.20191109021931-daa7c04131f5"));
+        assert!(is_pseudo_version(
+            "v1.2.4-pre.0.20191109021931-daa7c04131f5"
+        ));
         assert!(!is_pseudo_version("v1.2.3"));
         assert!(!is_pseudo_version("v1.2.3-pre.1"));
     }
@@ -528,6 +548,9 @@ mod tests {
     fn version_order() {
         let mut v = vec!["v1.10.0", "v1.2.0", "v1.2.0-rc.1", "v1.2.0-alpha", "v0.9.0"];
         v.sort_by(|a, b| compare_versions(a, b));
-        assert_eq!(v, ["v0.9.0", "v1.2.0-alpha", "v1.2.0-rc.1", "v1.2.0", "v1.10.0"]);
+        assert_eq!(
+            v,
+            ["v0.9.0", "v1.2.0-alpha", "v1.2.0-rc.1", "v1.2.0", "v1.10.0"]
+        );
     }
 }

@@ -152,7 +152,10 @@ mod tests {
 
     #[tokio::test]
     async fn interceptor_sends_the_current_id() {
-        let req = scope("rid-1".into(), async { propagate(tonic::Request::new(())).unwrap() }).await;
+        let req = scope("rid-1".into(), async {
+            propagate(tonic::Request::new(())).unwrap()
+        })
+        .await;
         assert_eq!(req.metadata().get(HEADER).unwrap(), "rid-1");
         let req = propagate(tonic::Request::new(())).unwrap();
         assert!(req.metadata().get(HEADER).is_none());

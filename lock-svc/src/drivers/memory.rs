@@ -16,6 +16,7 @@ use crate::{validate_acquire, validate_lease, Lease, Lock};
 use async_trait::async_trait;
 use modmesh_proto::{Error, Result};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -30,6 +31,8 @@ const MIN_SWEEP_AT: usize = 1024;
 #[derive(Debug, Default)]
 pub struct MemoryLock {
     table: Mutex<Table>,
+    /// How many times a waiter has parked (for tests: no busy polling).
+    parks: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -104,6 +107,13 @@ impl MemoryLock {
         self.table().keys.len()
     }
 
+    /// How many times, in total, an `acquire` has parked to wait. Each wait
+    /// parks once per wake-up (release, holder expiry or keep-alive seen,
+    /// deadline), never on a timer of its own.
+    pub fn parks(&self) -> u64 {
+        self.parks.load(Ordering::Relaxed)
+    }
+
     /// Removes every key nobody holds or waits on.
     pub fn sweep(&self) {
         let mut t = self.table();
@@ -148,10 +158,8 @@ impl Lock for MemoryLock {
                     Some(h) => h.expires,
                 };
                 if now >= deadline {
-                    let idle = entry.idle(now);
-                    if idle {
-                        t.keys.remove(key);
-                    }
+                    // The key is held, so its entry stays; the holder's
+                    // release (or the sweep) removes it.
                     return Err(Error::timeout(format!(
                         "lock {key:?} still held after waiting {wait:?}"
                     )));
@@ -160,6 +168,7 @@ impl Lock for MemoryLock {
                 notified.as_mut().enable();
                 (notified, holder_expires.min(deadline))
             };
+            self.parks.fetch_add(1, Ordering::Relaxed);
             // If this future is dropped here (the caller went away), the
             // `Notified` goes with it: its Arc clone is released, and a
             // wake-up it had already received is passed to the next waiter.
@@ -267,13 +276,20 @@ mod tests {
                 .await
                 .unwrap();
         }
-        assert!(lock.tracked_keys() <= MIN_SWEEP_AT, "{}", lock.tracked_keys());
+        assert!(
+            lock.tracked_keys() <= MIN_SWEEP_AT,
+            "{}",
+            lock.tracked_keys()
+        );
     }
 
     #[tokio::test]
     async fn huge_durations_do_not_overflow() {
         let lock = MemoryLock::new();
-        let a = lock.acquire("k", Duration::MAX, Duration::MAX).await.unwrap();
+        let a = lock
+            .acquire("k", Duration::MAX, Duration::MAX)
+            .await
+            .unwrap();
         lock.keep_alive(&a).await.unwrap();
         let e = lock.acquire("k", ms(1), ms(0)).await.unwrap_err();
         assert!(e.is(modmesh_proto::ErrorKind::Timeout));
@@ -282,15 +298,34 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn waiters_sleep_rather_than_poll() {
-        // With time paused, a waiter behind a live holder makes the runtime
-        // auto-advance straight to the holder's expiry: if the driver polled,
-        // the virtual clock would advance in small steps instead; either way
-        // the waiter must get the lock exactly at expiry, not before.
+        // A waiter behind a dead holder parks once and wakes at the holder's
+        // expiry (virtual time), not before and not in small steps.
         let lock = MemoryLock::new();
         let start = Instant::now();
         lock.acquire("k", ms(5000), ms(0)).await.unwrap();
         lock.acquire("k", ms(5000), ms(60_000)).await.unwrap();
         let waited = start.elapsed();
         assert!(waited >= ms(5000) && waited < ms(5010), "{waited:?}");
+        assert!(lock.parks() <= 2, "parked {} times", lock.parks());
+
+        // Behind a holder that keeps alive every 1 s for 10 s, a waiter
+        // wakes about once per keep-alive it sees, not more.
+        let lock = Arc::new(MemoryLock::new());
+        let held = lock.acquire("k", ms(3000), ms(0)).await.unwrap();
+        let keeper = {
+            let lock = lock.clone();
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    tokio::time::sleep(ms(1000)).await;
+                    lock.keep_alive(&held).await.unwrap();
+                }
+                lock.release(&held).await.unwrap();
+            })
+        };
+        let start = Instant::now();
+        lock.acquire("k", ms(1000), ms(60_000)).await.unwrap();
+        assert!(start.elapsed() >= ms(10_000));
+        assert!(lock.parks() <= 10, "parked {} times", lock.parks());
+        keeper.await.unwrap();
     }
 }
