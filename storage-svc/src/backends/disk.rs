@@ -1,0 +1,719 @@
+//! The `disk` backend, in Athens' disk layout so an existing Athens disk
+//! store is served as it is:
+//!
+//! ```text
+//! <root>/<module path, decoded, case-sensitive, one directory per element>/<version>/
+//!     go.mod
+//!     source.zip
+//!     <version>.info
+//! ```
+//!
+//! A version is visible iff its directory holds all three files. Unlike
+//! Athens (which writes the three files in place, one after the other), a
+//! save writes them into a fresh directory under `<root>/.modmesh-tmp/`,
+//! fsyncs them and renames that directory onto `<root>/<module>/<version>` in
+//! one step, so a version appears whole or not at all, and a rename onto an
+//! existing version fails, which makes saves create-only. A crash mid-save
+//! leaves only a temporary directory that nothing reads; those older than an
+//! hour are removed when the store opens.
+//!
+//! Every path is built from the validated [`ModulePath`] elements and
+//! [`Version`](modmesh_proto::Version) and checked to stay under the root.
+
+use crate::{
+    check_save, paginate, ByteStream, CatalogPage, SaveRequest, Storage, VersionStat, ZipReader,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use modmesh_proto::coords::compare_versions;
+use modmesh_proto::{is_canonical_version, Coordinates, Error, ModulePath, Result, MAX_CHUNK};
+use std::collections::HashMap;
+use std::io::ErrorKind as IoKind;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::AsyncWriteExt;
+
+/// The directory under the root that holds saves in progress.
+pub const TMP_DIR: &str = ".modmesh-tmp";
+/// Temporary directories older than this are removed when the store opens.
+pub const STALE_AFTER: Duration = Duration::from_secs(3600);
+/// The go.mod file of a version directory.
+pub const MOD_FILE: &str = "go.mod";
+/// The zip file of a version directory.
+pub const ZIP_FILE: &str = "source.zip";
+/// Hashes remembered by `stat` before the cache starts over.
+const HASH_CACHE_MAX: usize = 4096;
+
+/// The `.info` file name of `version`.
+pub fn info_file(version: &str) -> String {
+    format!("{version}.info")
+}
+
+/// A [`Storage`] in a directory tree, Athens' disk layout.
+pub struct DiskStorage {
+    root: PathBuf,
+    tmp: PathBuf,
+    /// Serializes the publishing step (rename, leftover recovery, delete)
+    /// within this process.
+    commit: tokio::sync::Mutex<()>,
+    /// `stat`'s zip hashes by version directory, valid while the files'
+    /// identity (sizes and times) is unchanged.
+    hashes: Mutex<HashMap<PathBuf, (FileId, Option<String>)>>,
+}
+
+impl std::fmt::Debug for DiskStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStorage")
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+/// What identifies a stored zip for the hash cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    info_mtime: SystemTime,
+    zip_mtime: SystemTime,
+    zip_len: u64,
+}
+
+impl DiskStorage {
+    /// Opens the store rooted at `root`, which must be an existing directory.
+    /// Creates `<root>/.modmesh-tmp` and removes temporary directories older
+    /// than [`STALE_AFTER`] (left by crashed saves). Blocking; call it at
+    /// startup.
+    pub fn new(root: impl AsRef<Path>) -> Result<Self> {
+        let given = root.as_ref();
+        match std::fs::metadata(given) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::invalid(format!(
+                    "disk storage root {} is not a directory",
+                    given.display()
+                )))
+            }
+            Err(e) => {
+                return Err(Error::invalid(format!(
+                    "disk storage root {}: {e}",
+                    given.display()
+                )))
+            }
+        }
+        let root = std::fs::canonicalize(given)?;
+        let tmp = root.join(TMP_DIR);
+        std::fs::create_dir_all(&tmp)?;
+        let removed = remove_stale(&tmp, STALE_AFTER);
+        if removed > 0 {
+            tracing::info!(removed, dir = %tmp.display(), "removed stale temporary save directories");
+        }
+        Ok(DiskStorage {
+            root,
+            tmp,
+            commit: tokio::sync::Mutex::new(()),
+            hashes: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The (absolute) root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn module_dir(&self, module: &ModulePath) -> Result<PathBuf> {
+        join_under(&self.root, module.elements())
+    }
+
+    fn version_dir(&self, c: &Coordinates) -> Result<PathBuf> {
+        join_under(
+            &self.root,
+            c.module
+                .elements()
+                .chain(std::iter::once(c.version.as_str())),
+        )
+    }
+
+    fn tmp_path(&self, what: &str) -> PathBuf {
+        self.tmp
+            .join(format!("{}{what}", uuid::Uuid::new_v4().simple()))
+    }
+
+    async fn visible(&self, vdir: &Path, version: &str) -> Result<bool> {
+        let (vdir, version) = (vdir.to_path_buf(), version.to_string());
+        blocking(move || Ok(visible_sync(&vdir, &version)?)).await
+    }
+
+    /// The version directory of `c`, or `NotFound` if `c` is not visible.
+    async fn visible_dir(&self, c: &Coordinates) -> Result<PathBuf> {
+        let vdir = self.version_dir(c)?;
+        if self.visible(&vdir, c.version.as_str()).await? {
+            Ok(vdir)
+        } else {
+            Err(not_found(c))
+        }
+    }
+
+    async fn read_file(&self, c: &Coordinates, name: &str) -> Result<Bytes> {
+        let vdir = self.visible_dir(c).await?;
+        tokio::fs::read(vdir.join(name))
+            .await
+            .map(Bytes::from)
+            .map_err(|e| io_error(c, e))
+    }
+
+    /// Renames the finished temporary directory onto `vdir`: create-only,
+    /// with one recovery from a half-written (not visible) directory.
+    async fn publish(&self, c: &Coordinates, tmp: &Path, vdir: &Path) -> Result<()> {
+        let _commit = self.commit.lock().await;
+        let parent = vdir.parent().expect("a version dir has a parent");
+        tokio::fs::create_dir_all(parent).await?;
+        let err = match tokio::fs::rename(tmp, vdir).await {
+            Ok(()) => return sync_dir(parent).await,
+            Err(e) if occupied(&e) => e,
+            Err(e) => return Err(e.into()),
+        };
+        let version = c.version.as_str();
+        if self.visible(vdir, version).await? {
+            return Err(already_exists(c));
+        }
+        // A directory that is there but not visible: what a crashed or
+        // interrupted Athens save leaves. Move it aside (unless it holds
+        // directories, i.e. another module nested under this path) and retry
+        // once.
+        let (d, v) = (vdir.to_path_buf(), version.to_string());
+        let only_files = blocking(move || Ok(holds_only_files(&d, &v)?)).await?;
+        if !only_files {
+            return Err(Error::internal(format!(
+                "cannot save {c}: {} is occupied and holds directories ({err})",
+                vdir.display()
+            )));
+        }
+        let aside = self.tmp_path("-leftover");
+        match tokio::fs::rename(vdir, &aside).await {
+            Ok(()) => {
+                if self.visible(&aside, version).await? {
+                    // Another process published it meanwhile: put it back.
+                    let _ = tokio::fs::rename(&aside, vdir).await;
+                    return Err(already_exists(c));
+                }
+                tracing::warn!(version = %c, "moved aside a half-written version directory");
+                if let Err(e) = tokio::fs::remove_dir_all(&aside).await {
+                    tracing::warn!(dir = %aside.display(), error = %e, "removing a leftover");
+                }
+            }
+            Err(e) if e.kind() == IoKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        match tokio::fs::rename(tmp, vdir).await {
+            Ok(()) => sync_dir(parent).await,
+            Err(e) if occupied(&e) => Err(already_exists(c)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn write_temp(&self, req: &SaveRequest, zip: &mut ByteStream, dir: &Path) -> Result<()> {
+        tokio::fs::create_dir_all(dir).await?;
+        write_synced(dir.join(MOD_FILE), req.go_mod.clone()).await?;
+        write_synced(
+            dir.join(info_file(req.coordinates.version.as_str())),
+            req.info.clone(),
+        )
+        .await?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dir.join(ZIP_FILE))
+            .await?;
+        while let Some(chunk) = zip.next().await {
+            file.write_all(&chunk?).await?;
+        }
+        file.flush().await?;
+        file.sync_all().await?;
+        drop(file);
+        sync_dir(dir).await
+    }
+
+    fn cached_hash(&self, vdir: &Path, id: FileId) -> Option<Option<String>> {
+        let cache = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(vdir)
+            .filter(|(cached, _)| *cached == id)
+            .map(|(_, h)| h.clone())
+    }
+
+    fn remember_hash(&self, vdir: PathBuf, id: FileId, hash: Option<String>) {
+        let mut cache = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= HASH_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(vdir, (id, hash));
+    }
+}
+
+#[async_trait]
+impl Storage for DiskStorage {
+    async fn list(&self, module: &ModulePath) -> Result<Vec<String>> {
+        let mdir = self.module_dir(module)?;
+        blocking(move || {
+            let entries = match std::fs::read_dir(&mdir) {
+                Ok(e) => e,
+                Err(e) if gone(&e) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut versions = Vec::new();
+            for entry in entries {
+                let entry = entry?;
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                if !is_canonical_version(&name) || !entry.file_type()?.is_dir() {
+                    continue;
+                }
+                if visible_sync(&entry.path(), &name)? {
+                    versions.push(name);
+                }
+            }
+            versions.sort_by(|a, b| compare_versions(a, b));
+            Ok(versions)
+        })
+        .await
+    }
+
+    async fn info(&self, c: &Coordinates) -> Result<Bytes> {
+        self.read_file(c, &info_file(c.version.as_str())).await
+    }
+
+    async fn go_mod(&self, c: &Coordinates) -> Result<Bytes> {
+        self.read_file(c, MOD_FILE).await
+    }
+
+    async fn zip(&self, c: &Coordinates) -> Result<ZipReader> {
+        let vdir = self.visible_dir(c).await?;
+        let file = tokio::fs::File::open(vdir.join(ZIP_FILE))
+            .await
+            .map_err(|e| io_error(c, e))?;
+        let size = file.metadata().await?.len();
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, MAX_CHUNK)
+            .map(|r| r.map_err(Error::from));
+        Ok(ZipReader {
+            size,
+            stream: stream.boxed(),
+        })
+    }
+
+    async fn exists(&self, c: &Coordinates) -> Result<bool> {
+        let vdir = self.version_dir(c)?;
+        self.visible(&vdir, c.version.as_str()).await
+    }
+
+    async fn stat(&self, c: &Coordinates) -> Result<VersionStat> {
+        let vdir = self.visible_dir(c).await?;
+        let (d, v) = (vdir.clone(), c.version.to_string());
+        let (info, go_mod, zip) = blocking(move || {
+            Ok((
+                std::fs::metadata(d.join(info_file(&v)))?,
+                std::fs::read(d.join(MOD_FILE))?,
+                std::fs::metadata(d.join(ZIP_FILE))?,
+            ))
+        })
+        .await
+        .map_err(|e| {
+            if e.is(modmesh_proto::ErrorKind::NotFound) {
+                not_found(c)
+            } else {
+                e
+            }
+        })?;
+        let info_mtime = info.modified()?;
+        let id = FileId {
+            info_mtime,
+            zip_mtime: zip.modified()?,
+            zip_len: zip.len(),
+        };
+        let zip_hash = match self.cached_hash(&vdir, id) {
+            Some(h) => h,
+            None => {
+                let path = vdir.join(ZIP_FILE);
+                let h = blocking(move || Ok(crate::zip_hash(&path).ok())).await?;
+                self.remember_hash(vdir, id, h.clone());
+                h
+            }
+        };
+        Ok(VersionStat {
+            coordinates: c.clone(),
+            info_size: info.len(),
+            mod_size: go_mod.len() as u64,
+            zip_size: zip.len(),
+            stored_at_unix_ms: unix_ms(info_mtime),
+            zip_hash,
+            mod_hash: crate::mod_hash(&go_mod),
+        })
+    }
+
+    async fn save(&self, req: SaveRequest, mut zip: ByteStream) -> Result<()> {
+        check_save(&req)?;
+        let c = req.coordinates.clone();
+        let vdir = self.version_dir(&c)?;
+        if self.visible(&vdir, c.version.as_str()).await? {
+            return Err(already_exists(&c));
+        }
+        let guard = TempDir::new(self.tmp_path(""));
+        let result = async {
+            self.write_temp(&req, &mut zip, guard.path()).await?;
+            self.publish(&c, guard.path(), &vdir).await
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                guard.disarm();
+                Ok(())
+            }
+            Err(e) => {
+                guard.remove().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn delete(&self, c: &Coordinates) -> Result<()> {
+        let vdir = self.version_dir(c)?;
+        let _commit = self.commit.lock().await;
+        if !self.visible(&vdir, c.version.as_str()).await? {
+            return Err(not_found(c));
+        }
+        let version = c.version.to_string();
+        let dir = vdir.clone();
+        blocking(move || {
+            // The .info file first: without it the version is invisible.
+            for name in [info_file(&version), MOD_FILE.into(), ZIP_FILE.into()] {
+                match std::fs::remove_file(dir.join(name)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == IoKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            // Keep the directory if it holds anything else (a nested module).
+            let _ = std::fs::remove_dir(&dir);
+            if let Some(parent) = dir.parent() {
+                let _ = sync_dir_blocking(parent);
+            }
+            Ok(())
+        })
+        .await?;
+        self.hashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&vdir);
+        Ok(())
+    }
+
+    async fn catalog(
+        &self,
+        page_token: Option<&str>,
+        page_size: usize,
+        module_prefix: &str,
+    ) -> Result<CatalogPage> {
+        if let Some(t) = page_token.filter(|t| !t.is_empty()) {
+            crate::decode_page_token(t)?;
+        }
+        let (root, prefix) = (self.root.clone(), module_prefix.to_string());
+        let entries = blocking(move || walk(&root, &prefix)).await?;
+        paginate(entries, page_token, page_size, module_prefix)
+    }
+}
+
+/// Every visible (module, version) under `root` whose module path starts
+/// with `prefix`, in no particular order. Skips dot-directories (the
+/// temporary directory among them) and does not follow symlinks.
+fn walk(root: &Path, prefix: &str) -> Result<Vec<Coordinates>> {
+    let mut found = Vec::new();
+    // (directory, its path relative to root with `/` separators)
+    let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if name.starts_with('.') || !matches!(entry.file_type(), Ok(t) if t.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            if !rel.is_empty()
+                && is_canonical_version(&name)
+                && rel.starts_with(prefix)
+                && visible_sync(&path, &name)?
+            {
+                if let Ok(c) = Coordinates::new(&rel, &name) {
+                    found.push(c);
+                }
+            }
+            let sub = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            // Descend only where a module matching the prefix can be.
+            if sub.starts_with(prefix) || prefix.starts_with(&sub) {
+                stack.push((path, sub));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// `root` joined with `elems`, each of which must be exactly one normal path
+/// component (no `..`, `.`, separators, or leading dot); the result is
+/// checked to be `root` plus normal components only.
+fn join_under<'a>(root: &Path, elems: impl IntoIterator<Item = &'a str>) -> Result<PathBuf> {
+    let mut path = root.to_path_buf();
+    let mut n = 0;
+    for elem in elems {
+        let mut comps = Path::new(elem).components();
+        match (comps.next(), comps.next()) {
+            (Some(Component::Normal(c)), None) if c == elem && !elem.starts_with('.') => {
+                path.push(elem)
+            }
+            _ => {
+                return Err(Error::invalid(format!(
+                    "path element {elem:?} would leave the storage root"
+                )))
+            }
+        }
+        n += 1;
+    }
+    let under = path
+        .strip_prefix(root)
+        .map(|rest| rest.components().all(|c| matches!(c, Component::Normal(_))))
+        .unwrap_or(false);
+    if n == 0 || !under {
+        return Err(Error::invalid("path would leave the storage root"));
+    }
+    Ok(path)
+}
+
+/// Whether `vdir` holds `<version>.info`, `go.mod` and `source.zip`.
+fn visible_sync(vdir: &Path, version: &str) -> std::io::Result<bool> {
+    for name in [info_file(version), MOD_FILE.into(), ZIP_FILE.into()] {
+        match std::fs::metadata(vdir.join(name)) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Ok(false),
+            Err(e) if gone(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// Whether `dir` holds no directories (a half-written version, not a
+/// nested module).
+fn holds_only_files(dir: &Path, _version: &str) -> std::io::Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for e in entries {
+                if e?.file_type()?.is_dir() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        Err(e) if gone(&e) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Errors that mean "not there".
+fn gone(e: &std::io::Error) -> bool {
+    matches!(e.kind(), IoKind::NotFound | IoKind::NotADirectory)
+}
+
+/// Errors of a rename onto an existing target.
+fn occupied(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        IoKind::DirectoryNotEmpty | IoKind::AlreadyExists | IoKind::NotADirectory
+    )
+}
+
+fn not_found(c: &Coordinates) -> Error {
+    Error::not_found(format!("{c} not found"))
+}
+
+fn already_exists(c: &Coordinates) -> Error {
+    Error::already_exists(format!("{c} already exists"))
+}
+
+fn io_error(c: &Coordinates, e: std::io::Error) -> Error {
+    if gone(&e) {
+        not_found(c)
+    } else {
+        e.into()
+    }
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
+}
+
+/// Writes `data` to a new file at `path` and fsyncs it.
+async fn write_synced(path: PathBuf, data: Bytes) -> Result<()> {
+    blocking(move || {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        f.write_all(&data)?;
+        f.sync_all()?;
+        Ok(())
+    })
+    .await
+}
+
+fn sync_dir_blocking(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// fsyncs a directory, so the entries made in it are durable.
+async fn sync_dir(dir: &Path) -> Result<()> {
+    let dir = dir.to_path_buf();
+    blocking(move || Ok(sync_dir_blocking(&dir)?)).await
+}
+
+/// Removes entries of `tmp` last modified longer than `age` ago; returns how
+/// many it removed.
+fn remove_stale(tmp: &Path, age: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return 0;
+    };
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|d| d > age);
+        if !old {
+            continue;
+        }
+        let path = entry.path();
+        let r = if meta.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match r {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "removing a stale temporary")
+            }
+        }
+    }
+    removed
+}
+
+/// A temporary save directory, removed unless disarmed, also when the save
+/// future is dropped mid-way (a cancelled request).
+struct TempDir(Option<PathBuf>);
+
+impl TempDir {
+    fn new(path: PathBuf) -> Self {
+        TempDir(Some(path))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.as_deref().expect("armed")
+    }
+
+    /// Keeps the directory (it was renamed into place).
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+
+    /// Removes the directory now.
+    async fn remove(mut self) {
+        if let Some(p) = self.0.take() {
+            if let Err(e) = tokio::fs::remove_dir_all(&p).await {
+                if e.kind() != IoKind::NotFound {
+                    tracing::warn!(dir = %p.display(), error = %e, "removing a temporary save directory");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let rm = move || {
+                let _ = std::fs::remove_dir_all(&p);
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => {
+                    h.spawn_blocking(rm);
+                }
+                Err(_) => rm(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joined_paths_stay_under_root() {
+        let root = Path::new("/srv/store");
+        assert_eq!(
+            join_under(root, ["example.com", "Foo", "v1.0.0"]).unwrap(),
+            PathBuf::from("/srv/store/example.com/Foo/v1.0.0")
+        );
+        for bad in [
+            vec![".."],
+            vec!["example.com", ".."],
+            vec!["."],
+            vec!["a/b"],
+            vec!["/etc"],
+            vec!["a/"],
+            vec![""],
+            vec![".modmesh-tmp"],
+            vec![],
+        ] {
+            let e = join_under(root, bad.iter().copied()).unwrap_err();
+            assert_eq!(e.kind, modmesh_proto::ErrorKind::Invalid, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stale_temporaries_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("old")).unwrap();
+        std::fs::write(dir.path().join("old/source.zip"), b"x").unwrap();
+        std::fs::create_dir(dir.path().join("new")).unwrap();
+        assert_eq!(remove_stale(dir.path(), Duration::from_secs(3600)), 0);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(remove_stale(dir.path(), Duration::from_millis(10)), 2);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
