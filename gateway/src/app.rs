@@ -20,7 +20,9 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
 use modmesh_proto::coords::compare_versions;
-use modmesh_proto::{is_pseudo_version, request_id, Coordinates, Error, ModulePath, Result, Version};
+use modmesh_proto::{
+    is_pseudo_version, request_id, Coordinates, Error, ModulePath, Result, Version,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,11 +65,19 @@ impl AppState {
     }
 
     /// Runs `f` holding an upstream worker slot, within the timeout.
-    async fn upstream<T>(&self, what: &str, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    async fn upstream<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
         let deadline = self.inner.timeout;
         let _permit = tokio::time::timeout(deadline, self.inner.upstream.acquire())
             .await
-            .map_err(|_| Error::timeout(format!("{what}: no upstream worker free within {deadline:?}")))?
+            .map_err(|_| {
+                Error::timeout(format!(
+                    "{what}: no upstream worker free within {deadline:?}"
+                ))
+            })?
             .map_err(|_| Error::internal("upstream pool closed"))?;
         tokio::time::timeout(deadline + Duration::from_secs(5), f)
             .await
@@ -89,12 +99,17 @@ impl AppState {
                     // abort a fetch other clients (or gateways) wait for.
                     let task = tokio::spawn(request_id::scope(rid, async move {
                         let r = this.fetch_once(&key).await;
-                        this.inner.in_flight.lock().expect("in-flight map").remove(&key);
+                        this.inner
+                            .in_flight
+                            .lock()
+                            .expect("in-flight map")
+                            .remove(&key);
                         r
                     }));
                     let f: Flight = async move {
-                        task.await
-                            .unwrap_or_else(|e| Err(Error::internal(format!("fetch task failed: {e}"))))
+                        task.await.unwrap_or_else(|e| {
+                            Err(Error::internal(format!("fetch task failed: {e}")))
+                        })
                     }
                     .boxed()
                     .shared();
@@ -110,8 +125,13 @@ impl AppState {
         let s = &self.inner.services;
         let key = c.key();
         let started = Instant::now();
-        let guard = modmesh_lock::hold(s.lock.clone(), &key, self.inner.lock_ttl, self.inner.timeout)
-            .await?;
+        let guard = modmesh_lock::hold(
+            s.lock.clone(),
+            &key,
+            self.inner.lock_ttl,
+            self.inner.timeout,
+        )
+        .await?;
         let result = async {
             if s.storage.exists(c).await? {
                 tracing::debug!(%c, "stored by another holder while waiting");
@@ -136,7 +156,9 @@ impl AppState {
         if c.version.is_canonical() {
             return Ok(c.clone());
         }
-        let info = self.upstream("query", self.inner.services.fetcher.query(c)).await?;
+        let info = self
+            .upstream("query", self.inner.services.fetcher.query(c))
+            .await?;
         let version = info_version(&info)?;
         Ok(Coordinates {
             module: c.module.clone(),
@@ -161,11 +183,12 @@ impl AppState {
 
     async fn list(&self, m: &ModulePath) -> Result<Response> {
         let s = &self.inner.services;
-        let (stored, upstream) = tokio::join!(
-            s.storage.list(m),
-            self.upstream("list", s.fetcher.list(m))
-        );
-        let stored: Vec<String> = stored?.into_iter().filter(|v| !is_pseudo_version(v)).collect();
+        let (stored, upstream) =
+            tokio::join!(s.storage.list(m), self.upstream("list", s.fetcher.list(m)));
+        let stored: Vec<String> = stored?
+            .into_iter()
+            .filter(|v| !is_pseudo_version(v))
+            .collect();
         let mut versions = match upstream {
             Ok(mut up) => {
                 up.extend(stored);
@@ -206,7 +229,10 @@ impl AppState {
                 match best {
                     Some(v) => {
                         tracing::info!(module = %m, error = %e, "upstream latest failed; serving the highest stored version");
-                        let c = Coordinates { module: m.clone(), version: Version::new(v.clone())? };
+                        let c = Coordinates {
+                            module: m.clone(),
+                            version: Version::new(v.clone())?,
+                        };
                         Ok(respond(s.storage.info(&c).await?, JSON, NO_CACHE))
                     }
                     None => Err(e),
@@ -217,7 +243,9 @@ impl AppState {
 
     async fn info(&self, c: &Coordinates) -> Result<Response> {
         if !c.version.is_canonical() {
-            let info = self.upstream("query", self.inner.services.fetcher.query(c)).await?;
+            let info = self
+                .upstream("query", self.inner.services.fetcher.query(c))
+                .await?;
             return Ok(respond(info, JSON, NO_CACHE));
         }
         let storage = &self.inner.services.storage;
@@ -245,7 +273,10 @@ impl AppState {
         };
         let mut resp = Response::new(body);
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zip"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/zip"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
         Ok(resp)
@@ -260,7 +291,9 @@ impl AppState {
             .map_err(|e| Error::unavailable(format!("storage: {e}")))?;
         for (name, channel) in &s.remotes {
             let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-            let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
+            let req = tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            };
             let status = tokio::time::timeout(Duration::from_secs(5), client.check(req))
                 .await
                 .map_err(|_| Error::unavailable(format!("{name}: health check timed out")))?
@@ -298,7 +331,8 @@ async fn proxy(State(state): State<AppState>, req: Request) -> Response {
     let head = req.method() == Method::HEAD;
     if req.method() != Method::GET && !head {
         let mut r = (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n").into_response();
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
     let result = match route::parse(req.uri().path()) {

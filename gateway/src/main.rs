@@ -59,7 +59,10 @@ async fn main() {
     let listener = bind(addr).await;
     tracing::info!(%addr, storage = %cfg.StorageType, "gateway listening");
     let app = router(AppState::new(services, cfg.ProtocolWorkers, cfg.timeout()));
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped()).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stopped())
+        .await
+    {
         tracing::error!(error = %e, "HTTP server failed");
         std::process::exit(1);
     }

@@ -137,7 +137,10 @@ mod tests {
         ] {
             assert_eq!(kind(p), ErrorKind::Invalid, "{p}");
         }
-        assert_eq!(kind(&format!("/example.com/{}/@v/list", "a".repeat(8192))), ErrorKind::Invalid);
+        assert_eq!(
+            kind(&format!("/example.com/{}/@v/list", "a".repeat(8192))),
+            ErrorKind::Invalid
+        );
     }
 
     #[test]
