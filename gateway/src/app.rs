@@ -366,20 +366,7 @@ async fn version() -> Response {
     respond(body.into(), JSON, NO_CACHE)
 }
 
-async fn log_request(req: Request, next: axum::middleware::Next) -> Response {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let resp = next.run(req).await;
-    tracing::info!(
-        %method,
-        status = resp.status().as_u16(),
-        ms = started.elapsed().as_millis() as u64,
-        "request served"
-    );
-    resp
-}
-
-/// The gateway's router with its layers (request ids, logging, panics).
+/// The gateway's router with its layers (request ids and request logs, panics).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -387,7 +374,6 @@ pub fn router(state: AppState) -> Router {
         .route("/version", get(version))
         .fallback(proxy)
         .with_state(state)
-        .layer(axum::middleware::from_fn(log_request))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(request_id::RequestIdLayer::new("gateway"))
 }

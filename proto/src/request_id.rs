@@ -62,7 +62,8 @@ pub fn propagate(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, toni
 
 /// A tower layer for HTTP and gRPC servers: finds or makes the request id,
 /// runs the handler inside a span that carries it and with it as the
-/// task-local current id, and returns it in the response headers.
+/// task-local current id, logs one line per request (status and time), and
+/// returns the id in the response headers.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestIdLayer {
     /// The service name written into the span.
@@ -120,9 +121,22 @@ where
         );
         let fut = self.inner.call(req);
         let header = http::HeaderValue::from_str(&id).ok();
+        let started = std::time::Instant::now();
         Box::pin(
             async move {
                 let mut resp = CURRENT.scope(id, fut).await?;
+                // gRPC errors answered at once carry grpc-status in the headers.
+                let grpc_status = resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                tracing::info!(
+                    status = resp.status().as_u16(),
+                    grpc_status = grpc_status.as_deref(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "request handled"
+                );
                 if let Some(h) = header {
                     resp.headers_mut().insert(HEADER, h.clone());
                     resp.headers_mut().insert(ATHENS_HEADER, h);
