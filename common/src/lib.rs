@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod logging;
+pub mod run;
 pub mod server;
 pub mod shutdown;
 

@@ -1,29 +1,18 @@
 //! `gateway`: the GOPROXY HTTP server. Alone it is a complete proxy
 //! (storage, locks and fetcher in its own process); with `*SvcURL` keys set
-//! it uses the mesh's services.
+//! it uses the mesh's services. Exit status: 0 after a graceful shutdown, 2
+//! for a configuration error, 1 if serving fails.
 
-use modmesh_common::{config::listen_addr, logging, server, shutdown, Config};
+use modmesh_common::{run, server, shutdown};
 use modmesh_gateway::{router, wire, AppState};
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let cfg = match Config::from_args_and_env(&args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("gateway: {e}");
-            std::process::exit(2);
-        }
-    };
-    logging::init(&cfg.LogLevel, &cfg.LogFormat);
-    let (services, embedded) = match wire::services(&cfg) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("gateway: {e}");
-            std::process::exit(2);
-        }
-    };
+    const NAME: &str = "gateway";
+    let cfg = run::start(NAME);
+    let (services, embedded) = wire::services(&cfg).unwrap_or_else(|e| run::fail(NAME, 2, e));
 
+    // One signal stops every server of this process.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let grace = cfg.shutdown_timeout();
     tokio::spawn(async move {
@@ -38,46 +27,26 @@ async fn main() {
     };
 
     let mut servers = Vec::new();
-    for (listen, routes, name, component) in embedded.grpc {
-        let addr = match listen_addr(&format!("{component} listen"), &listen) {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("gateway: {e}");
-                std::process::exit(2);
-            }
-        };
-        let listener = bind(addr).await;
+    for (listen, routes, name, key) in embedded.grpc {
+        let listener = run::bind(NAME, key, &listen, "").await;
         let stop = stopped();
         servers.push(tokio::spawn(async move {
-            if let Err(e) = server::serve_grpc(listener, routes, &[name], component, stop).await {
-                tracing::error!(error = %e, component, "gRPC server failed");
+            if let Err(e) = server::serve_grpc(listener, routes, &[name], NAME, stop).await {
+                tracing::error!(error = %e, key, "gRPC server failed");
             }
         }));
     }
 
-    let addr = cfg.http_addr().expect("validated");
-    let listener = bind(addr).await;
+    let addr = cfg.http_addr().unwrap_or_else(|e| run::fail(NAME, 2, e));
+    let listener = run::bind(NAME, "Port", &addr.to_string(), "").await;
     tracing::info!(%addr, storage = %cfg.StorageType, "gateway listening");
     let app = router(AppState::new(services, cfg.ProtocolWorkers, cfg.timeout()));
-    if let Err(e) = axum::serve(listener, app)
+    axum::serve(listener, app)
         .with_graceful_shutdown(stopped())
         .await
-    {
-        tracing::error!(error = %e, "HTTP server failed");
-        std::process::exit(1);
-    }
+        .unwrap_or_else(|e| run::fail(NAME, 1, e));
     for s in servers {
         let _ = s.await;
     }
     tracing::info!("gateway stopped");
-}
-
-async fn bind(addr: std::net::SocketAddr) -> tokio::net::TcpListener {
-    match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("gateway: cannot listen on {addr}: {e}");
-            std::process::exit(1);
-        }
-    }
 }

@@ -42,7 +42,7 @@ impl std::fmt::Debug for Services {
 /// In-process services that should also be served over gRPC.
 #[derive(Default)]
 pub struct Embedded {
-    /// (listen address, routes, health name, component)
+    /// (listen address, routes, health name, the key that named the address)
     pub grpc: Vec<(String, tonic::service::Routes, &'static str, &'static str)>,
 }
 
@@ -61,7 +61,7 @@ pub fn services(cfg: &Config) -> Result<(Services, Embedded)> {
                 cfg.StorageSvcListen.clone(),
                 modmesh_storage::server::routes(s.clone()),
                 "modmesh.v1.Storage",
-                "storage",
+                "StorageSvcListen",
             ));
         }
         s
@@ -79,7 +79,7 @@ pub fn services(cfg: &Config) -> Result<(Services, Embedded)> {
                 cfg.LockSvcListen.clone(),
                 modmesh_lock::server::routes(l.clone()),
                 "modmesh.v1.Lock",
-                "lock",
+                "LockSvcListen",
             ));
         }
         l
@@ -98,7 +98,7 @@ pub fn services(cfg: &Config) -> Result<(Services, Embedded)> {
                 cfg.FetcherSvcListen.clone(),
                 modmesh_fetcher::server::routes(f.clone()),
                 "modmesh.v1.Fetcher",
-                "fetcher",
+                "FetcherSvcListen",
             ));
         }
         f

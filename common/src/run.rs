@@ -1,0 +1,33 @@
+//! What every binary does first: load the configuration (exit 2 on an
+//! error that names the key), start logging, and bind its listener (exit 1
+//! if it cannot).
+
+use crate::config::{listen_addr, Config};
+use tokio::net::TcpListener;
+
+/// Prints `err` as `component: err` to stderr, logs it, and exits with `code`.
+pub fn fail(component: &str, code: i32, err: impl std::fmt::Display) -> ! {
+    tracing::error!(component, error = %err, "exiting");
+    eprintln!("{component}: {err}");
+    std::process::exit(code);
+}
+
+/// Loads the configuration from this process's arguments and environment
+/// and starts logging; a configuration error exits 2.
+pub fn start(component: &str) -> Config {
+    let args: Vec<String> = std::env::args().collect();
+    let cfg = Config::from_args_and_env(&args).unwrap_or_else(|e| fail(component, 2, e));
+    crate::logging::init(&cfg.LogLevel, &cfg.LogFormat);
+    cfg
+}
+
+/// Binds the address in `listen` (or `default` when it is empty); `key`
+/// names the configuration key in errors. A bad address exits 2, an
+/// address that cannot be bound exits 1.
+pub async fn bind(component: &str, key: &str, listen: &str, default: &str) -> TcpListener {
+    let listen = if listen.is_empty() { default } else { listen };
+    let addr = listen_addr(key, listen).unwrap_or_else(|e| fail(component, 2, e));
+    TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| fail(component, 1, format!("{key}: cannot listen on {addr}: {e}")))
+}
