@@ -1,1 +1,21 @@
-//! Helpers for the end-to-end suite and the benchmark harness.
+//! Helpers for the end-to-end suite (`tests/e2e.rs`) and the benchmark harness
+//! (`src/bin/bench.rs`).
+//!
+//! - [`fixtures`]: made-up Go modules with dependencies between them, written
+//!   as a GOPROXY directory, plus big single-file modules.
+//! - [`server`]: a static HTTP server of such a directory (the upstream and the
+//!   benchmark reference) with per-path request counters, delays and stop.
+//! - [`procs`]: spawning the mesh binaries with a clean environment, readiness,
+//!   SIGTERM with exit-status check, peak RSS.
+//! - [`topology`]: an embedded gateway, or the mesh of services.
+//! - [`goclient`]: the real `go` command with an isolated environment.
+//! - [`http`]: plain and raw HTTP clients.
+
+#![warn(missing_docs)]
+
+pub mod fixtures;
+pub mod goclient;
+pub mod http;
+pub mod procs;
+pub mod server;
+pub mod topology;

@@ -1,0 +1,684 @@
+//! End-to-end tests of the module proxy, with the real `go` command as client.
+//!
+//! Needs the binaries: `cargo build --workspace --bins`, then
+//! `cargo test -p modmesh-tests --test e2e -- --nocapture` (timings are printed
+//! on stderr). Every test has its own upstream, ports and temporary
+//! directories; the heavy ones (processes, big transfers) take [`HEAVY`] so
+//! that two of them never compete for the two cores at once.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use hyper::{Method, StatusCode};
+use modmesh_tests::fixtures::{
+    sha256_file, standard_proxy, url_path, write_program, ProxyDir, BASE, BASE_RC, LEGACY,
+    LEGACY_V, LIB_V2, LIB_V2_V, MIXED, MIXED_V, PSEUDO, PSEUDO_V,
+};
+use modmesh_tests::goclient::{build_and_run_program, GoEnv};
+use modmesh_tests::http::{self, get, get_sha256, raw_get, truncate};
+use modmesh_tests::procs::Proc;
+use modmesh_tests::server::StaticServer;
+use modmesh_tests::topology::{embedded_spec, restart_gateway, start_gateway, Mesh, Store};
+
+/// Serialises the tests that start processes or move big files.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Prints a timing line for `phase` of `test`.
+fn lap(test: &str, phase: &str, t: Instant) {
+    eprintln!("[{test}] {phase}: {:.1} s", t.elapsed().as_secs_f64());
+}
+
+/// Fails unless every `.zip` was requested from the upstream at most once.
+fn assert_each_zip_fetched_once(upstream: &StaticServer) -> Result<()> {
+    let many: Vec<_> = upstream
+        .counts()
+        .into_iter()
+        .filter(|(p, n)| p.ends_with(".zip") && *n > 1)
+        .collect();
+    ensure!(
+        many.is_empty(),
+        "zips fetched upstream more than once: {many:?}"
+    );
+    Ok(())
+}
+
+/// The fixtures alone: the program builds with GOPROXY pointing straight at
+/// the upstream server (no gateway involved).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixtures_build_directly_against_upstream() -> Result<()> {
+    let t = Instant::now();
+    let tmp = tempfile::tempdir()?;
+    let proxy = standard_proxy(tmp.path().join("upstream"))?;
+    let upstream = StaticServer::start(proxy.root())?;
+    let prog = tmp.path().join("prog");
+    write_program(&prog)?;
+    let go = GoEnv::new(&upstream.url())?;
+    build_and_run_program(&go, &prog).await?;
+    let zip = url_path(MIXED, MIXED_V, "zip");
+    assert_eq!(upstream.count(&zip), 1, "{:?}", upstream.counts());
+    // A big module downloads too, outside any main module.
+    let big = ProxyDir::new(tmp.path().join("upstream"))?;
+    let zip_path = big.add_big("example.com/big", "v1.0.0", 2 << 20)?;
+    let out = go
+        .run(
+            tmp.path(),
+            &["mod", "download", "-json", "example.com/big@v1.0.0"],
+        )
+        .await?;
+    let json: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    let cached = json["Zip"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no Zip in {json}"))?;
+    assert_eq!(sha256_file(Path::new(cached))?, sha256_file(&zip_path)?);
+    lap("fixtures", "total", t);
+    Ok(())
+}
+
+/// Protocol checks against a warm gateway whose upstream still runs.
+async fn check_protocol(gw: &str, proxy: &ProxyDir) -> Result<()> {
+    for path in ["/healthz", "/readyz", "/version"] {
+        let r = get(&format!("{gw}{path}")).await?;
+        ensure!(
+            r.status == StatusCode::OK,
+            "{path}: {} {}",
+            r.status,
+            r.text()
+        );
+    }
+    // .info of a canonical version names exactly that version; x-request-id is set.
+    for (m, v) in [
+        (MIXED, MIXED_V),
+        (LEGACY, LEGACY_V),
+        (PSEUDO, PSEUDO_V),
+        (LIB_V2, LIB_V2_V),
+        (BASE, BASE_RC),
+    ] {
+        let r = get(&format!("{gw}{}", url_path(m, v, "info"))).await?;
+        ensure!(
+            r.status == StatusCode::OK,
+            "{m}@{v}.info: {} {}",
+            r.status,
+            r.text()
+        );
+        ensure!(
+            r.headers.contains_key("x-request-id"),
+            "no x-request-id on {m}@{v}.info"
+        );
+        let info: serde_json::Value = serde_json::from_slice(&r.body)
+            .with_context(|| format!("{m}@{v}.info is not JSON: {}", r.text()))?;
+        ensure!(info["Version"] == v, "{m}@{v}.info says {info}");
+        let r = get(&format!("{gw}{}", url_path(m, v, "mod"))).await?;
+        let want = std::fs::read(proxy.file(m, v, "mod"))?;
+        ensure!(
+            r.status == StatusCode::OK && r.body[..] == want[..],
+            "{m}@{v}.mod: {} {:?}, want {:?}",
+            r.status,
+            r.text(),
+            String::from_utf8_lossy(&want)
+        );
+        // HEAD on the zip: 200 with the length, no body.
+        let zip_len = std::fs::metadata(proxy.file(m, v, "zip"))?.len();
+        let r = http::request(Method::HEAD, &format!("{gw}{}", url_path(m, v, "zip"))).await?;
+        ensure!(r.status == StatusCode::OK, "HEAD {m}@{v}.zip: {}", r.status);
+        let len = r
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok());
+        ensure!(
+            len.is_none() || len == Some(&zip_len.to_string()),
+            "HEAD {m}@{v}.zip content-length {len:?}, want {zip_len}"
+        );
+    }
+    // list and @latest.
+    let r = get(&format!("{gw}/example.com/base/@v/list")).await?;
+    let versions: BTreeSet<&str> = std::str::from_utf8(&r.body)?
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    ensure!(
+        r.status == StatusCode::OK && versions == BTreeSet::from(["v1.0.0", BASE_RC]),
+        "base list: {} {:?}",
+        r.status,
+        r.text()
+    );
+    let r = get(&format!("{gw}/example.com/!mixed/!case/@v/list")).await?;
+    ensure!(
+        r.status == StatusCode::OK && r.text().lines().any(|l| l.starts_with(MIXED_V)),
+        "Mixed/Case list: {} {:?}",
+        r.status,
+        r.text()
+    );
+    let r = get(&format!("{gw}/example.com/base/@latest")).await?;
+    ensure!(
+        r.status == StatusCode::OK,
+        "base @latest: {} {}",
+        r.status,
+        r.text()
+    );
+    let info: serde_json::Value = serde_json::from_slice(&r.body)?;
+    ensure!(
+        info["Version"] == "v1.0.0",
+        "base @latest says {info} (want the release)"
+    );
+    // Unknown modules and versions are 404/410 so the go command can fall back.
+    for path in [
+        "/example.com/nope/@v/list".to_string(),
+        "/example.com/nope/@latest".to_string(),
+        url_path(BASE, "v9.9.9", "info"),
+        url_path(BASE, "v9.9.9", "zip"),
+    ] {
+        let r = get(&format!("{gw}{path}")).await?;
+        ensure!(
+            r.status == StatusCode::NOT_FOUND || r.status == StatusCode::GONE,
+            "{path}: {} {} (want 404 or 410)",
+            r.status,
+            r.text()
+        );
+    }
+    Ok(())
+}
+
+/// One embedded gateway on disk: the program builds through it; then, with the
+/// upstream stopped and the gateway restarted on the same disk root, it
+/// builds again (fresh module cache, same go.sum) from the store alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_builds_then_serves_from_store_alone() -> Result<()> {
+    let _heavy = HEAVY.lock().await;
+    let t = Instant::now();
+    let tmp = tempfile::tempdir()?;
+    let proxy = standard_proxy(tmp.path().join("upstream"))?;
+    let mut upstream = StaticServer::start(proxy.root())?;
+    let store = tmp.path().join("store");
+    std::fs::create_dir(&store)?;
+    let spec = embedded_spec("gateway", tmp.path(), &Store::Disk(store), &upstream.url())?;
+    let mut gw = start_gateway(spec).await?;
+    lap("embedded", "gateway ready", t);
+
+    let prog = tmp.path().join("prog");
+    write_program(&prog)?;
+    build_and_run_program(&GoEnv::new(&gw.url())?, &prog)
+        .await
+        .map_err(|e| anyhow!("{e:#}\n{}", gw.log_tail(6000)))?;
+    lap("embedded", "cold build through gateway", t);
+    assert_each_zip_fetched_once(&upstream)?;
+    check_protocol(&gw.url(), &proxy)
+        .await
+        .map_err(|e| anyhow!("{e:#}\n{}", gw.log_tail(6000)))?;
+    lap("embedded", "protocol checks", t);
+
+    upstream.stop();
+    restart_gateway(&mut gw).await?;
+    std::fs::remove_file(prog.join("app"))?;
+    build_and_run_program(&GoEnv::new(&gw.url())?, &prog)
+        .await
+        .map_err(|e| anyhow!("build from the store alone: {e:#}\n{}", gw.log_tail(6000)))?;
+    lap("embedded", "build from store alone after restart", t);
+    gw.stop()?;
+    Ok(())
+}
+
+/// The mesh: storage-svc (disk), lock-svc, two fetchers, two gateways. Build
+/// through gateway A; stop the upstream; restart gateway B; build through B
+/// from the store alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_builds_then_serves_from_store_alone() -> Result<()> {
+    let _heavy = HEAVY.lock().await;
+    let t = Instant::now();
+    let tmp = tempfile::tempdir()?;
+    let proxy = standard_proxy(tmp.path().join("upstream"))?;
+    let mut upstream = StaticServer::start(proxy.root())?;
+    let store = tmp.path().join("store");
+    std::fs::create_dir(&store)?;
+    let mut mesh = Mesh::start(tmp.path(), &Store::Disk(store), &upstream.url(), 2).await?;
+    lap("mesh", "6 processes ready", t);
+
+    let prog = tmp.path().join("prog");
+    write_program(&prog)?;
+    build_and_run_program(&GoEnv::new(&mesh.gateways[0].url())?, &prog)
+        .await
+        .map_err(|e| anyhow!("build through gateway A: {e:#}\n{}", mesh.log_tails(4000)))?;
+    lap("mesh", "cold build through gateway A", t);
+    assert_each_zip_fetched_once(&upstream)?;
+
+    upstream.stop();
+    restart_gateway(&mut mesh.gateways[1]).await?;
+    std::fs::remove_file(prog.join("app"))?;
+    build_and_run_program(&GoEnv::new(&mesh.gateways[1].url())?, &prog)
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "build through gateway B from the store alone: {e:#}\n{}",
+                mesh.log_tails(4000)
+            )
+        })?;
+    lap(
+        "mesh",
+        "build through restarted gateway B from store alone",
+        t,
+    );
+    mesh.stop()?;
+    Ok(())
+}
+
+/// 50 concurrent cold `.zip` requests (plus `.info` and `.mod` ones) spread
+/// over `gateways`, with the upstream answering slowly: exactly one upstream
+/// request for the zip, and every client gets 200 and the upstream's bytes.
+async fn single_flight(
+    test: &str,
+    gateways: &[String],
+    upstream: &StaticServer,
+    proxy: &ProxyDir,
+) -> Result<()> {
+    let (m, v) = (MIXED, MIXED_V);
+    upstream.set_delay(Duration::from_millis(300));
+    let want_zip = sha256_file(&proxy.file(m, v, "zip"))?;
+    let want_mod = std::fs::read(proxy.file(m, v, "mod"))?;
+    let mut jobs = Vec::new();
+    for i in 0..50 {
+        jobs.push((gateways[i % gateways.len()].clone(), "zip"));
+    }
+    for i in 0..10 {
+        jobs.push((gateways[i % gateways.len()].clone(), "info"));
+        jobs.push((gateways[(i + 1) % gateways.len()].clone(), "mod"));
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(jobs.len()));
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (gw, ext) in jobs {
+        let barrier = barrier.clone();
+        let url = format!("{gw}{}", url_path(m, v, ext));
+        tasks.spawn(async move {
+            barrier.wait().await;
+            let res = if ext == "zip" {
+                get_sha256(&url).await.map(|(s, h, _)| (s, h.into_bytes()))
+            } else {
+                get(&url).await.map(|r| (r.status, r.body.to_vec()))
+            };
+            (url, ext, res)
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (url, ext, res) = done?;
+        match res {
+            Err(e) => failures.push(format!("{url}: {e:#}")),
+            Ok((status, body)) => {
+                let ok = status == StatusCode::OK
+                    && match ext {
+                        "zip" => body == want_zip.as_bytes(),
+                        "mod" => body == want_mod,
+                        _ => serde_json::from_slice::<serde_json::Value>(&body)
+                            .is_ok_and(|j| j["Version"] == v),
+                    };
+                if !ok {
+                    failures.push(format!(
+                        "{url}: {status} {:?}",
+                        truncate(&String::from_utf8_lossy(&body), 200)
+                    ));
+                }
+            }
+        }
+    }
+    lap(test, "70 concurrent cold requests answered", t);
+    eprintln!("[{test}] upstream requests: {:?}", upstream.counts());
+    upstream.set_delay(Duration::ZERO);
+    let zip_fetches = upstream.count(&url_path(m, v, "zip"));
+    ensure!(
+        failures.is_empty() && zip_fetches == 1,
+        "{} failed requests; upstream saw {zip_fetches} request(s) for the zip (want 1); upstream counts {:?}\n{}",
+        failures.len(),
+        upstream.counts(),
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+/// Single flight across the two gateways of a mesh (shared lock-svc).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_flight_across_mesh_gateways() -> Result<()> {
+    let _heavy = HEAVY.lock().await;
+    let t = Instant::now();
+    let tmp = tempfile::tempdir()?;
+    let proxy = standard_proxy(tmp.path().join("upstream"))?;
+    let upstream = StaticServer::start(proxy.root())?;
+    let store = tmp.path().join("store");
+    std::fs::create_dir(&store)?;
+    let mut mesh = Mesh::start(tmp.path(), &Store::Disk(store), &upstream.url(), 2).await?;
+    let urls: Vec<String> = mesh.gateways.iter().map(Proc::url).collect();
+    single_flight("single-flight mesh", &urls, &upstream, &proxy)
+        .await
+        .map_err(|e| anyhow!("{e:#}\n{}", mesh.log_tails(3000)))?;
+    mesh.stop()?;
+    lap("single-flight mesh", "total", t);
+    Ok(())
+}
+
+/// Single flight within one embedded gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_flight_embedded() -> Result<()> {
+    let _heavy = HEAVY.lock().await;
+    let t = Instant::now();
+    let tmp = tempfile::tempdir()?;
+    let proxy = standard_proxy(tmp.path().join("upstream"))?;
+    let upstream = StaticServer::start(proxy.root())?;
+    let store = tmp.path().join("store");
+    std::fs::create_dir(&store)?;
+    let spec = embedded_spec("gateway", tmp.path(), &Store::Disk(store), &upstream.url())?;
+    let mut gw = start_gateway(spec).await?;
+    single_flight("single-flight embedded", &[gw.url()], &upstream, &proxy)
+        .await
+        .map_err(|e| anyhow!("{e:#}\n{}", gw.log_tail(6000)))?;
+    gw.stop()?;
+    lap("single-flight embedded", "total", t);
+    Ok(())
+}
+
+/// Every path under `dir` (relative), directories included.
+fn tree(dir: &Path) -> Result<BTreeSet<PathBuf>> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeSet<PathBuf>) -> Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            let p = e.path();
+            out.insert(p.strip_prefix(base)?.to_path_buf());
+            if e.file_type()?.is_dir() {
+                walk(base, &p, out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut out = BTreeSet::new();
+    walk(dir, dir, &mut out)?;
+    Ok(out)
+}
+
+/// The hostile request targets; `sentinel` is an absolute path a shell
+/// injection would create.
+fn hostile_targets(sentinel: &str) -> Vec<Vec<u8>> {
+    let s = sentinel;
+    let long = "a".repeat(8192);
+    let text = [
+        // `..` in every encoding.
+        "/../../../../../../etc/passwd".to_string(),
+        "/example.com/../../secret.txt/@v/list".into(),
+        "/example.com/a/@v/../../../../secret.txt".into(),
+        "/example.com/a/@v/...info".into(),
+        "/example.com/a/@v/...zip".into(),
+        "/../secret.txt/@v/list".into(),
+        "/%2e%2e/%2e%2e/%2e%2e/secret.txt/@v/list".into(),
+        "/%2E%2E/%2E%2E/%2E%2E/secret.txt/@v/list".into(),
+        "/example.com/a/@v/%2e%2e.info".into(),
+        "/%252e%252e/%252e%252e/secret.txt/@v/list".into(),
+        "/example.com/..%2f..%2f..%2fsecret.txt/@v/list".into(),
+        "/example.com/a/@v/..%2f..%2f..%2fsecret.txt.info".into(),
+        "/example.com/a/@v/..%2F..%2F..%2Fsecret.txt.mod".into(),
+        "/example.com%2f..%2f..%2f..%2fsecret.txt/@v/list".into(),
+        "/example.com/a/@v/%2f..%2f..%2fsecret.txt.zip".into(),
+        "/example.com\\..\\..\\..\\secret.txt/@v/list".into(),
+        "/example.com/a/@v/..\\..\\..\\secret.txt.info".into(),
+        "/example.com/a/@v/v1.0.0\\..\\..\\..\\secret.txt.zip".into(),
+        "/example.com/a/@v/%5c..%5c..%5csecret.txt.info".into(),
+        "/example.com/a/..%5c..%5c..%5csecret.txt/@v/list".into(),
+        "//secret.txt/@v/list".into(),
+        "/example.com//a/@v/list".into(),
+        "/./example.com/a/@v/list".into(),
+        // Bad `!` escapes.
+        "/example.com/!/@v/list".into(),
+        "/example.com/!!a/@v/list".into(),
+        "/example.com/!A/@v/list".into(),
+        "/example.com/a!/@v/list".into(),
+        "/example.com/!1/@v/list".into(),
+        "/example.com/a/@v/v1.0.0!.info".into(),
+        "/example.com/a/@v/v1.0.0-!R!C.info".into(),
+        "/example.com/a/@v/v1.0.0-!!rc.mod".into(),
+        // Uppercase in escaped paths.
+        "/example.com/Mixed/Case/@v/list".into(),
+        "/example.com/Mixed/Case/@latest".into(),
+        "/example.com/a/@v/V1.0.0.info".into(),
+        "/example.com/a/@v/v1.0.0-RC.zip".into(),
+        // Non-ASCII, percent-encoded (raw bytes below).
+        "/example.com/%C3%A9/@v/list".into(),
+        "/example.com/a/@v/v1.0.0-%C3%A9.info".into(),
+        "/example.com/%FF%FE/@v/list".into(),
+        // NUL, percent-encoded (raw below).
+        "/example.com/a%00/@v/list".into(),
+        "/example.com/a/@v/v1.0.0%00.info".into(),
+        "/example.com/a/@v/v1.0.0.info%00.zip".into(),
+        // 8 KB paths.
+        format!("/example.com/{long}/@v/list"),
+        format!("/example.com/a/@v/v1.0.0-{long}.info"),
+        // Leading `-`: must never reach a command line as a flag.
+        "/-x.com/@v/list".into(),
+        "/-x.com/@latest".into(),
+        "/example.com/a/@v/-v1.info".into(),
+        "/--help/@v/list".into(),
+        "/example.com/a/@v/--help.info".into(),
+        "/example.com/a/@v/-modfile=x.mod".into(),
+        // Shell metacharacters in version queries and paths.
+        format!("/example.com/a/@v/$(touch%20{s}).info"),
+        format!("/example.com/a/@v/$(touch${{IFS}}{s}).info"),
+        format!("/example.com/a/@v/%24%28touch%20{s}%29.info"),
+        format!("/example.com/a/@v/v1.0.0;touch%20{s}.info"),
+        format!("/example.com/a/@v/v1.0.0%3Btouch%20{s}.info"),
+        format!("/example.com/a/@v/v1.0.0|touch%20{s}.info"),
+        format!("/example.com/a/@v/v1.0.0%7Ctouch%20{s}.info"),
+        format!("/example.com/a/@v/`touch%20{s}`.info"),
+        format!("/example.com/a/@v/%60touch%20{s}%60.info"),
+        format!("/example.com/a/@v/v1.0.0&&touch%20{s}.info"),
+        format!("/example.com/a/@v/v1.0.0%26%26touch%20{s}.mod"),
+        format!("/example.com/$(touch%20{s})/@v/list"),
+        "/example.com/a/@v/$(touch%20pwned).info".into(),
+        "/example.com/a/@v/;touch%20pwned;.info".into(),
+        "/$(touch%20pwned)/@latest".into(),
+        "/example.com/a/@v/master;touch%20pwned.info".into(),
+    ];
+    let mut out: Vec<Vec<u8>> = text.iter().map(|t| t.as_bytes().to_vec()).collect();
+    // Raw non-ASCII and NUL bytes in the request line.
+    out.push("/example.com/é/@v/list".as_bytes().to_vec());
+    out.push("/exämple.com/a/@v/v1.0.0.info".as_bytes().to_vec());
+    out.push(b"/example.com/\xff\xfe/@v/list".to_vec());
+    out.push(b"/example.com/a\0/@v/list".to_vec());
+    out.push(b"/example.com/a/@v/v1.0.0\0.info".to_vec());
+    out
+}
+
+/// Hostile paths, sent raw, against a gateway whose disk store is a
+/// subdirectory of a temporary directory: every answer is 4xx, the gateway
+/// stays up, no shell injection runs, and nothing is created inside or
+/// outside the store root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_paths_are_rejected() -> Result<()> {
+    let t = Instant::now();
+    let work = tempfile::tempdir()?; // upstream, logs, goget dir, cwd
+    let jail = tempfile::tempdir()?; // holds only the store root and the test's files
+    let root = jail.path().join("store");
+    std::fs::create_dir(&root)?;
+    std::fs::write(jail.path().join("secret.txt"), "TOP-SECRET-CONTENT")?;
+    let sentinel = jail.path().join("pwned");
+    let proxy = standard_proxy(work.path().join("upstream"))?;
+    let upstream = StaticServer::start(proxy.root())?;
+    let spec = embedded_spec(
+        "gateway",
+        work.path(),
+        &Store::Disk(root.clone()),
+        &upstream.url(),
+    )?;
+    let mut gw = start_gateway(spec).await?;
+    let addr = gw.spec.addr.clone();
+
+    // One legitimate fetch, so the store is not empty.
+    let r = get(&format!("{}{}", gw.url(), url_path(BASE, "v1.0.0", "info"))).await?;
+    ensure!(
+        r.status == StatusCode::OK,
+        "legit .info: {} {}\n{}",
+        r.status,
+        r.text(),
+        gw.log_tail(4000)
+    );
+    let before = tree(jail.path())?;
+    let upstream_before = upstream.counts();
+
+    let targets = hostile_targets(&sentinel.display().to_string());
+    let mut bad = Vec::new();
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for target in &targets {
+        let shown = truncate(
+            &String::from_utf8_lossy(target).escape_debug().to_string(),
+            120,
+        );
+        let reply = raw_get(&addr, target).await;
+        if let Ok(r) = &reply {
+            *statuses.entry(r.status).or_default() += 1;
+        }
+        match reply {
+            Ok(r) if (400..500).contains(&r.status) && !r.text.contains("TOP-SECRET") => {}
+            Ok(r) => bad.push(format!(
+                "{shown} -> {} {:?}",
+                r.status,
+                truncate(&r.text, 300)
+            )),
+            Err(e) => bad.push(format!("{shown} -> no answer: {e:#}")),
+        }
+    }
+    let health = get(&format!("{}/healthz", gw.url())).await;
+    let alive = gw.try_exit().is_none();
+    let after = tree(jail.path())?;
+    let created: Vec<_> = after.difference(&before).collect();
+    let pwned: Vec<_> = tree(work.path())?
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("pwned"))
+        .collect();
+    lap(
+        "hostile",
+        &format!("{} raw requests, statuses {statuses:?}", targets.len()),
+        t,
+    );
+
+    let mut problems = Vec::new();
+    if !bad.is_empty() {
+        problems.push(format!(
+            "{} answers were not 4xx:\n  {}",
+            bad.len(),
+            bad.join("\n  ")
+        ));
+    }
+    if !alive || !matches!(&health, Ok(r) if r.status == StatusCode::OK) {
+        problems.push(format!(
+            "gateway not healthy afterwards (alive: {alive}, /healthz: {:?})",
+            health.map(|r| r.status)
+        ));
+    }
+    if sentinel.exists() || !pwned.is_empty() {
+        problems.push(format!(
+            "a shell injection ran: {sentinel:?} exists: {}, found {pwned:?}",
+            sentinel.exists()
+        ));
+    }
+    if upstream.counts() != upstream_before {
+        problems.push(format!(
+            "hostile requests reached the upstream: before {upstream_before:?}, after {:?}",
+            upstream.counts()
+        ));
+    }
+    if !created.is_empty() {
+        problems.push(format!(
+            "files appeared in {}: {created:?}",
+            jail.path().display()
+        ));
+    }
+    if !problems.is_empty() {
+        bail!("{}\n{}", problems.join("\n"), gw.log_tail(6000));
+    }
+    gw.stop()?;
+    Ok(())
+}
+
+/// A 200 MiB module goes cold through an embedded gateway (`go mod
+/// download`), then 4 clients fetch it warm at once; all bytes match the
+/// upstream and the gateway's peak RSS stays under 128 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_zip_streams_with_bounded_memory() -> Result<()> {
+    const SIZE: u64 = 200 << 20;
+    const MODULE: &str = "example.com/big";
+    const VERSION: &str = "v1.0.0";
+    let _heavy = HEAVY.lock().await;
+    let t = Instant::now();
+    let tmp = tempfile::tempdir()?;
+    let proxy = ProxyDir::new(tmp.path().join("upstream"))?;
+    let p = proxy.clone();
+    let (zip_path, want) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let zip = p.add_big(MODULE, VERSION, SIZE)?;
+        let sha = sha256_file(&zip)?;
+        Ok((zip, sha))
+    })
+    .await??;
+    let zip_len = std::fs::metadata(&zip_path)?.len();
+    lap("big-zip", "200 MiB module written and hashed", t);
+
+    let upstream = StaticServer::start(proxy.root())?;
+    let store = tmp.path().join("store");
+    std::fs::create_dir(&store)?;
+    let spec = embedded_spec("gateway", tmp.path(), &Store::Disk(store), &upstream.url())?;
+    let mut gw = start_gateway(spec).await?;
+
+    let go = GoEnv::new(&gw.url())?;
+    let out = go
+        .run(
+            tmp.path(),
+            &["mod", "download", "-json", &format!("{MODULE}@{VERSION}")],
+        )
+        .await
+        .map_err(|e| anyhow!("{e:#}\n{}", gw.log_tail(6000)))?;
+    lap("big-zip", "cold `go mod download` through the gateway", t);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    let cached = PathBuf::from(
+        json["Zip"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no Zip in {json}"))?,
+    );
+    let got = tokio::task::spawn_blocking(move || sha256_file(&cached)).await??;
+    ensure!(
+        got == want,
+        "go mod download got zip sha256 {got}, upstream has {want}"
+    );
+    drop(go);
+
+    let url = format!("{}{}", gw.url(), url_path(MODULE, VERSION, "zip"));
+    let warm = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let url = url.clone();
+        tasks.spawn(async move { get_sha256(&url).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (status, sha, len) = done??;
+        ensure!(
+            status == StatusCode::OK && sha == want && len == zip_len,
+            "warm client got {status}, {len} bytes, sha256 {sha} (want 200, {zip_len}, {want})"
+        );
+    }
+    let secs = warm.elapsed().as_secs_f64();
+    eprintln!(
+        "[big-zip] 4 warm clients: {:.1} s, {:.0} MiB/s aggregate",
+        secs,
+        4.0 * zip_len as f64 / secs / (1 << 20) as f64
+    );
+    let hwm = gw.vm_hwm_kib()?;
+    eprintln!("[big-zip] gateway VmHWM {} MiB", hwm / 1024);
+    ensure!(
+        upstream.count(&url_path(MODULE, VERSION, "zip")) == 1,
+        "upstream counts {:?}",
+        upstream.counts()
+    );
+    ensure!(
+        hwm < 128 * 1024,
+        "gateway peak RSS {} MiB >= 128 MiB after a 200 MiB zip\n{}",
+        hwm / 1024,
+        gw.log_tail(4000)
+    );
+    gw.stop()?;
+    lap("big-zip", "total", t);
+    Ok(())
+}

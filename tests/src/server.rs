@@ -1,0 +1,250 @@
+//! A static HTTP file server for a GOPROXY directory: the tests' upstream, and
+//! the benchmark's reference.
+//!
+//! It runs on its own thread and tokio runtime (so a test that blocks its own
+//! runtime cannot starve it), listens on `127.0.0.1:0`, streams files in 64 KiB
+//! chunks, answers 404 for anything missing, counts requests per path, can be
+//! told to delay every answer, and can be stopped (listener and open
+//! connections closed).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_util::io::ReaderStream;
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+#[derive(Debug, Default)]
+struct Shared {
+    counts: Mutex<HashMap<String, u64>>,
+    delay_ms: AtomicU64,
+}
+
+/// A running static file server; stopped on [`StaticServer::stop`] or drop.
+#[derive(Debug)]
+pub struct StaticServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StaticServer {
+    /// Serves `root` on a fresh loopback port.
+    pub fn start(root: &Path) -> Result<StaticServer> {
+        let root = root.to_path_buf();
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let shared = Arc::new(Shared::default());
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("static-server")
+            .enable_all()
+            .build()?;
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("static-server-{}", addr.port()))
+            .spawn(move || {
+                rt.block_on(async move {
+                    let listener = TcpListener::from_std(std_listener).expect("listener");
+                    serve(listener, root, s, stop_rx).await
+                });
+                rt.shutdown_timeout(Duration::from_secs(1));
+            })
+            .context("spawn server thread")?;
+        Ok(StaticServer {
+            addr,
+            shared,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// `http://127.0.0.1:<port>` (no trailing slash).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Delays every later answer by `d` (zero: no delay).
+    pub fn set_delay(&self, d: Duration) {
+        self.shared
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Requests seen so far for `path` (the decoded URL path, e.g.
+    /// `/example.com/!mixed/!case/@v/v1.2.3.zip`).
+    pub fn count(&self, path: &str) -> u64 {
+        self.shared
+            .counts
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// A copy of all counters.
+    pub fn counts(&self) -> HashMap<String, u64> {
+        self.shared.counts.lock().unwrap().clone()
+    }
+
+    /// Stops serving: the listener is closed and open connections are dropped.
+    /// Later connections are refused.
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    root: PathBuf,
+    shared: Arc<Shared>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let root = Arc::new(root);
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let (root, shared) = (root.clone(), shared.clone());
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        handle(req, root.clone(), shared.clone())
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+                // Reap finished connections so the set does not grow forever.
+                while conns.try_join_next().is_some() {}
+            }
+        }
+    }
+    drop(listener);
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
+}
+
+/// Percent-decodes a URL path; `None` if it decodes to invalid UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let h = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
+            if let Ok(v) = u8::from_str_radix(h, 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn status(code: StatusCode) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(code.canonical_reason().unwrap_or("error")))
+            .map_err(|e: Infallible| match e {})
+            .boxed(),
+    );
+    *r.status_mut() = code;
+    r
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    root: Arc<PathBuf>,
+    shared: Arc<Shared>,
+) -> Result<Response<Body>, Infallible> {
+    let raw = req.uri().path();
+    let path = percent_decode(raw).unwrap_or_else(|| raw.to_string());
+    *shared
+        .counts
+        .lock()
+        .unwrap()
+        .entry(path.clone())
+        .or_insert(0) += 1;
+    let delay = shared.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(status(StatusCode::METHOD_NOT_ALLOWED));
+    }
+    let rel = path.trim_start_matches('/');
+    if rel.split(['/', '\\']).any(|seg| seg == "..") || rel.contains('\0') {
+        return Ok(status(StatusCode::NOT_FOUND));
+    }
+    let file_path = root.join(rel);
+    let file = match tokio::fs::File::open(&file_path).await {
+        Ok(f) => f,
+        Err(_) => return Ok(status(StatusCode::NOT_FOUND)),
+    };
+    let meta = match file.metadata().await {
+        Ok(m) if m.is_file() => m,
+        _ => return Ok(status(StatusCode::NOT_FOUND)),
+    };
+    let ctype = if rel.ends_with(".zip") {
+        "application/zip"
+    } else if rel.ends_with(".info") {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let body: Body = if req.method() == Method::HEAD {
+        Empty::new().map_err(|e: Infallible| match e {}).boxed()
+    } else {
+        let stream = ReaderStream::with_capacity(file, 64 * 1024).map_ok(Frame::data);
+        BodyExt::boxed(StreamBody::new(stream))
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(hyper::header::CONTENT_LENGTH, meta.len().into());
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(ctype),
+    );
+    Ok(resp)
+}

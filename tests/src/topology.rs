@@ -1,0 +1,204 @@
+//! The two shapes the suite runs: one embedded `gateway`, and the mesh
+//! (`storage-svc` + `lock-svc` + N `fetcher-svc` + N `gateway`, gateway i using
+//! fetcher i, all sharing the one storage-svc and lock-svc).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::procs::{free_addr, Proc, Spec};
+
+/// How long a process gets to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a storage keeps module versions.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// `ATHENS_STORAGE_TYPE=memory`.
+    Memory,
+    /// `ATHENS_STORAGE_TYPE=disk` with this (existing) root.
+    Disk(PathBuf),
+}
+
+impl Store {
+    fn env(&self) -> Vec<(String, String)> {
+        match self {
+            Store::Memory => vec![("ATHENS_STORAGE_TYPE".into(), "memory".into())],
+            Store::Disk(root) => vec![
+                ("ATHENS_STORAGE_TYPE".into(), "disk".into()),
+                (
+                    "ATHENS_DISK_STORAGE_ROOT".into(),
+                    root.display().to_string(),
+                ),
+            ],
+        }
+    }
+}
+
+fn kv(k: &str, v: impl Into<String>) -> (String, String) {
+    (k.to_string(), v.into())
+}
+
+/// A spec for binary `bin` labelled `label`: working directory
+/// `<dir>/<label>/cwd`, logs in `<dir>/logs`, a fresh loopback address, JSON
+/// logs at info level.
+pub fn base_spec(bin: &str, label: &str, dir: &Path) -> Spec {
+    Spec {
+        bin: bin.into(),
+        label: label.into(),
+        env: vec![
+            kv("ATHENS_LOG_FORMAT", "json"),
+            kv("ATHENS_LOG_LEVEL", "info"),
+        ],
+        cwd: dir.join(label).join("cwd"),
+        log_dir: dir.join("logs"),
+        addr: free_addr(),
+    }
+}
+
+/// Adds what a fetcher needs: the upstream in `ATHENS_GO_BINARY_ENV_VARS` and
+/// its own `ATHENS_GOGET_DIR` (`<dir>/<label>/goget`).
+fn with_fetcher_env(spec: &mut Spec, dir: &Path, upstream: &str) -> Result<()> {
+    let goget = dir.join(&spec.label).join("goget");
+    std::fs::create_dir_all(&goget)?;
+    spec.set(
+        "ATHENS_GO_BINARY_ENV_VARS",
+        format!("GOPROXY={upstream};GOSUMDB=off"),
+    );
+    spec.set("ATHENS_GOGET_DIR", goget.display().to_string());
+    Ok(())
+}
+
+/// The spec of a gateway running every service in-process.
+pub fn embedded_spec(label: &str, dir: &Path, store: &Store, upstream: &str) -> Result<Spec> {
+    let mut spec = base_spec("gateway", label, dir);
+    spec.env.extend(store.env());
+    with_fetcher_env(&mut spec, dir, upstream)?;
+    let addr = spec.addr.clone();
+    spec.set("ATHENS_PORT", addr);
+    Ok(spec)
+}
+
+/// Spawns a gateway and waits for `/readyz`.
+pub async fn start_gateway(spec: Spec) -> Result<Proc> {
+    let mut p = Proc::spawn(spec)?;
+    p.wait_ready(READY_TIMEOUT).await?;
+    Ok(p)
+}
+
+/// Stops a gateway (SIGTERM, exit 0) and starts it again with the same
+/// environment on a new port, ready.
+pub async fn restart_gateway(p: &mut Proc) -> Result<()> {
+    p.stop()?;
+    let mut spec = p.spec.clone();
+    spec.addr = free_addr();
+    let addr = spec.addr.clone();
+    spec.set("ATHENS_PORT", addr);
+    *p = start_gateway(spec).await?;
+    Ok(())
+}
+
+/// A running mesh.
+#[derive(Debug)]
+pub struct Mesh {
+    /// `storage-svc`.
+    pub storage: Proc,
+    /// `lock-svc`.
+    pub lock: Proc,
+    /// `fetcher-svc` processes; fetcher i serves gateway i.
+    pub fetchers: Vec<Proc>,
+    /// `gateway` processes.
+    pub gateways: Vec<Proc>,
+}
+
+impl Mesh {
+    /// Starts storage-svc (`store`), lock-svc, `n` fetchers (each its own
+    /// goget dir, all saving into the storage-svc) and `n` gateways, under
+    /// `dir`, and waits until every gateway's `/readyz` is 200.
+    pub async fn start(dir: &Path, store: &Store, upstream: &str, n: usize) -> Result<Mesh> {
+        let mut storage = base_spec("storage-svc", "storage-svc", dir);
+        storage.env.extend(store.env());
+        let a = storage.addr.clone();
+        storage.set("ATHENS_STORAGE_SVC_LISTEN", a);
+        let storage_url = format!("http://{}", storage.addr);
+        let mut storage = Proc::spawn(storage)?;
+
+        let mut lock = base_spec("lock-svc", "lock-svc", dir);
+        let a = lock.addr.clone();
+        lock.set("ATHENS_LOCK_SVC_LISTEN", a);
+        let lock_url = format!("http://{}", lock.addr);
+        let mut lock = Proc::spawn(lock)?;
+
+        let mut fetchers = Vec::new();
+        for i in 0..n {
+            let mut f = base_spec("fetcher-svc", &format!("fetcher-{}", i + 1), dir);
+            with_fetcher_env(&mut f, dir, upstream)?;
+            let a = f.addr.clone();
+            f.set("ATHENS_FETCHER_SVC_LISTEN", a);
+            f.set("ATHENS_STORAGE_SVC_URL", storage_url.clone());
+            fetchers.push(Proc::spawn(f)?);
+        }
+        storage.wait_listening(READY_TIMEOUT).await?;
+        lock.wait_listening(READY_TIMEOUT).await?;
+        for f in &mut fetchers {
+            f.wait_listening(READY_TIMEOUT).await?;
+        }
+
+        let mut gateways = Vec::new();
+        for (i, f) in fetchers.iter().enumerate() {
+            let label = format!("gateway-{}", (b'a' + i as u8) as char);
+            let mut g = base_spec("gateway", &label, dir);
+            // Storage type is irrelevant for a gateway with a remote storage,
+            // but set it like an operator would.
+            g.env.extend(store.env());
+            let a = g.addr.clone();
+            g.set("ATHENS_PORT", a);
+            g.set("ATHENS_STORAGE_SVC_URL", storage_url.clone());
+            g.set("ATHENS_LOCK_SVC_URL", lock_url.clone());
+            g.set("ATHENS_FETCHER_SVC_URL", f.url());
+            gateways.push(Proc::spawn(g)?);
+        }
+        for g in &mut gateways {
+            g.wait_ready(READY_TIMEOUT)
+                .await
+                .with_context(|| format!("mesh under {}", dir.display()))?;
+        }
+        Ok(Mesh {
+            storage,
+            lock,
+            fetchers,
+            gateways,
+        })
+    }
+
+    /// Every process, gateways first.
+    pub fn procs(&self) -> Vec<&Proc> {
+        let mut v: Vec<&Proc> = self.gateways.iter().collect();
+        v.extend(self.fetchers.iter());
+        v.push(&self.lock);
+        v.push(&self.storage);
+        v
+    }
+
+    /// Stops every process with SIGTERM, gateways first, asserting exit 0 of each.
+    pub fn stop(&mut self) -> Result<()> {
+        for g in &mut self.gateways {
+            g.stop()?;
+        }
+        for f in &mut self.fetchers {
+            f.stop()?;
+        }
+        self.lock.stop()?;
+        self.storage.stop()
+    }
+
+    /// Logs of every process, for failure messages.
+    pub fn log_tails(&self, bytes: u64) -> String {
+        self.procs()
+            .iter()
+            .map(|p| p.log_tail(bytes))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
