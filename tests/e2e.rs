@@ -18,7 +18,7 @@ use modmesh_tests::fixtures::{
     LEGACY_V, LIB_V2, LIB_V2_V, MIXED, MIXED_V, PSEUDO, PSEUDO_V,
 };
 use modmesh_tests::goclient::{build_and_run_program, GoEnv};
-use modmesh_tests::http::{self, get, get_sha256, raw_get, truncate};
+use modmesh_tests::http::{self, get, get_sha256, raw_get, raw_request, truncate};
 use modmesh_tests::procs::Proc;
 use modmesh_tests::server::StaticServer;
 use modmesh_tests::topology::{embedded_spec, restart_gateway, start_gateway, Mesh, Store};
@@ -242,6 +242,46 @@ async fn mesh_builds_then_serves_from_store_alone() -> Result<()> {
         .map_err(|e| anyhow!("build through gateway A: {e:#}\n{}", mesh.log_tails(4000)))?;
     lap("mesh", "cold build through gateway A", t);
     assert_each_zip_fetched_once(&upstream)?;
+
+    // A request id sent to the gateway travels every gRPC hop into each
+    // service's logs: a cold .info goes gateway → lock-svc, storage-svc,
+    // fetcher-svc → storage-svc.
+    let rid = "e2e-request-id-7f3a";
+    let target = url_path(BASE, "v1.0.0", "info");
+    let reply = raw_request(
+        &mesh.gateways[0].spec.addr,
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: x\r\nX-Request-Id: {rid}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert!(
+        reply
+            .text
+            .to_ascii_lowercase()
+            .contains(&format!("x-request-id: {rid}")),
+        "the gateway echoes the request id: {}",
+        reply.text
+    );
+    for p in [
+        &mesh.gateways[0],
+        &mesh.lock,
+        &mesh.storage,
+        &mesh.fetchers[0],
+    ] {
+        assert!(
+            p.log_text().contains(rid),
+            "{} logs do not carry request id {rid}:\n{}",
+            p.spec.label,
+            p.log_tail(3000)
+        );
+    }
+    assert!(
+        !mesh.fetchers[1].log_text().contains(rid),
+        "the other fetcher never saw this request"
+    );
 
     upstream.stop();
     restart_gateway(&mut mesh.gateways[1]).await?;

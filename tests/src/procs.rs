@@ -180,6 +180,12 @@ impl Proc {
         )
     }
 
+    /// Everything the process has logged so far (stdout, then stderr).
+    pub fn log_text(&self) -> String {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!("{}{}", read(&self.stdout), read(&self.stderr))
+    }
+
     /// `Some(status)` once the process has exited.
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
         self.child
