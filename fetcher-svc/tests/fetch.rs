@@ -337,44 +337,27 @@ async fn arguments_environment_and_work_directory() {
     // Nothing else from this process leaks in (cargo sets CARGO_* for tests).
     assert!(std::env::var("CARGO_MANIFEST_DIR").is_ok());
     assert!(env.keys().all(|k| !k.starts_with("CARGO")), "{env:?}");
-    let allowed = [
-        "PATH",
-        "HOME",
-        "GOROOT",
-        "GOPROXY",
-        "GOSUMDB",
-        "GONOSUMDB",
-        "GOPRIVATE",
-        "GONOPROXY",
-        "GOINSECURE",
-        "GOAUTH",
-        "NETRC",
-        "GIT_SSH",
-        "GIT_SSH_COMMAND",
-        "SSH_AUTH_SOCK",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "NO_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "no_proxy",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "GO111MODULE",
-        "GOWORK",
-        "GOFLAGS",
-        "CGO_ENABLED",
-        "GOTOOLCHAIN",
-        "GOMODCACHE",
-        "GOCACHE",
-        "GOPATH",
-        "EXTRA",
-        // Set by the shell running the script.
-        "PWD",
-        "SHLVL",
-        "_",
-        "OLDPWD",
-    ];
+    // What the fetcher passes through, plus what it sets itself.
+    let allowed: Vec<&str> = modmesh_fetcher::gocmd::PASSTHROUGH_ENV
+        .iter()
+        .copied()
+        .chain([
+            "GO111MODULE",
+            "GOWORK",
+            "GOFLAGS",
+            "CGO_ENABLED",
+            "GOTOOLCHAIN",
+            "GOMODCACHE",
+            "GOCACHE",
+            "GOPATH",
+            "EXTRA",
+            // Set by the shell running the script.
+            "PWD",
+            "SHLVL",
+            "_",
+            "OLDPWD",
+        ])
+        .collect();
     for k in env.keys() {
         assert!(allowed.contains(&k.as_str()), "unexpected variable {k}");
     }

@@ -16,35 +16,8 @@ use sha2::{Digest, Sha256};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
-/// Case-escapes a module path or version: every uppercase ASCII letter becomes
-/// `!` followed by its lowercase form (`example.com/Mixed` → `example.com/!mixed`).
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 4);
-    for c in s.chars() {
-        if c.is_ascii_uppercase() {
-            out.push('!');
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Whether `version` is a pseudo-version (`vX.Y.Z-[pre.]yyyymmddhhmmss-abcdefabcdef`);
-/// such versions are left out of `@v/list`.
-pub fn is_pseudo_version(version: &str) -> bool {
-    let parts: Vec<&str> = version.rsplitn(3, '-').collect();
-    if parts.len() != 3 {
-        return false;
-    }
-    let (rev, stamp) = (parts[0], parts[1]);
-    let stamp = stamp.rsplit('.').next().unwrap_or(stamp);
-    rev.len() == 12
-        && rev.bytes().all(|b| b.is_ascii_hexdigit())
-        && stamp.len() == 14
-        && stamp.bytes().all(|b| b.is_ascii_digit())
-}
+pub use modmesh_proto::coords::escape;
+pub use modmesh_proto::is_pseudo_version;
 
 /// The GOPROXY URL path (leading `/`) of a module version's file, e.g.
 /// `/example.com/!mixed/!case/@v/v1.2.3.zip`. `ext` is `info`, `mod` or `zip`.
