@@ -55,7 +55,7 @@ impl std::fmt::Debug for Fixture {
 /// check into a module `$name`, each test building a fresh [`Fixture`] with
 /// `$make` (an expression evaluating to a future of a `Fixture`).
 ///
-/// ```ignore
+/// ```text
 /// modmesh_storage::storage_compliance_tests!(memory, async {
 ///     Fixture::new(Arc::new(MemoryStorage::new()))
 /// });
