@@ -416,6 +416,44 @@ async fn single_flight_embedded() -> Result<()> {
     Ok(())
 }
 
+/// SIGTERM while a cold request waits on a slow upstream: the request still
+/// completes with the right bytes, and the gateway then exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish() -> Result<()> {
+    let _heavy = HEAVY.lock().await;
+    let t = Instant::now();
+    let tmp = tempfile::tempdir()?;
+    let proxy = standard_proxy(tmp.path().join("upstream"))?;
+    let upstream = StaticServer::start(proxy.root())?;
+    upstream.set_delay(Duration::from_millis(1500));
+    let store = tmp.path().join("store");
+    std::fs::create_dir(&store)?;
+    let spec = embedded_spec("gateway", tmp.path(), &Store::Disk(store), &upstream.url())?;
+    let mut gw = start_gateway(spec).await?;
+    let url = format!("{}{}", gw.url(), url_path(MIXED, MIXED_V, "zip"));
+    let request = tokio::spawn(async move { get_sha256(&url).await });
+    // Let the request reach the gateway and start its fetch.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure!(
+        !request.is_finished(),
+        "the request should still be in flight"
+    );
+    let stopped = tokio::task::spawn_blocking(move || {
+        let r = gw.stop();
+        (r, gw)
+    });
+    let (status, sha, _) = request.await??;
+    ensure!(status == StatusCode::OK, "in-flight request got {status}");
+    ensure!(
+        sha == sha256_file(&proxy.file(MIXED, MIXED_V, "zip"))?,
+        "in-flight request got other bytes"
+    );
+    let (r, gw) = stopped.await?;
+    r.map_err(|e| anyhow!("{e:#}\n{}", gw.log_tail(4000)))?;
+    lap("sigterm", "in-flight request finished, gateway exited 0", t);
+    Ok(())
+}
+
 /// Every path under `dir` (relative), directories included.
 fn tree(dir: &Path) -> Result<BTreeSet<PathBuf>> {
     fn walk(base: &Path, dir: &Path, out: &mut BTreeSet<PathBuf>) -> Result<()> {
