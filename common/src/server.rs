@@ -6,6 +6,11 @@ use std::future::Future;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
+/// HTTP/2 flow-control window per stream: room for a few zip chunks in
+/// flight, so a streamed zip is not throttled to one 64 KiB window per
+/// round trip.
+const WINDOW: u32 = 4 << 20;
+
 /// Serves `routes` on `listener` until `shutdown` resolves, reporting each of
 /// `names` (fully qualified service names) as SERVING on the health service.
 pub async fn serve_grpc(
@@ -28,8 +33,11 @@ pub async fn serve_grpc(
         .expect("reflection descriptors are valid");
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, component, "serving gRPC");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // No Nagle delay: small frames (headers, last chunks) go out at once.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        .initial_stream_window_size(WINDOW)
+        .initial_connection_window_size(4 * WINDOW)
         .layer(RequestIdLayer::new(component))
         .add_routes(routes)
         .add_service(health)
@@ -44,6 +52,7 @@ pub fn channel(url: &str) -> Result<tonic::transport::Channel, tonic::transport:
     Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
         .connect_timeout(std::time::Duration::from_secs(5))
         .tcp_nodelay(true)
-        .http2_adaptive_window(true)
+        .initial_stream_window_size(WINDOW)
+        .initial_connection_window_size(4 * WINDOW)
         .connect_lazy())
 }

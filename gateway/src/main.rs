@@ -3,6 +3,7 @@
 //! it uses the mesh's services. Exit status: 0 after a graceful shutdown, 2
 //! for a configuration error, 1 if serving fails.
 
+use axum::serve::ListenerExt;
 use modmesh_common::{run, server, shutdown};
 use modmesh_gateway::{router, wire, AppState};
 
@@ -38,7 +39,12 @@ async fn main() {
     }
 
     let addr = cfg.http_addr().unwrap_or_else(|e| run::fail(NAME, 2, e));
-    let listener = run::bind(NAME, "Port", &addr.to_string(), "").await;
+    // No Nagle delay: a response's last small write goes out at once.
+    let listener = run::bind(NAME, "Port", &addr.to_string(), "")
+        .await
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
     tracing::info!(%addr, storage = %cfg.StorageType, "gateway listening");
     let app = router(AppState::new(services, cfg.ProtocolWorkers, cfg.timeout()));
     axum::serve(listener, app)

@@ -27,7 +27,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use modmesh_proto::coords::compare_versions;
-use modmesh_proto::{is_canonical_version, Coordinates, Error, ModulePath, Result, MAX_CHUNK};
+use modmesh_proto::{is_canonical_version, Coordinates, Error, ModulePath, Result};
+
+/// Zip reads go in pieces of this size: well under `MAX_CHUNK`, small
+/// enough that concurrent downloads interleave fairly and stay in cache.
+const READ_CHUNK: usize = 128 << 10;
 use std::collections::HashMap;
 use std::io::ErrorKind as IoKind;
 use std::path::{Component, Path, PathBuf};
@@ -294,7 +298,7 @@ impl Storage for DiskStorage {
             .await
             .map_err(|e| io_error(c, e))?;
         let size = file.metadata().await?.len();
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, MAX_CHUNK)
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK)
             .map(|r| r.map_err(Error::from));
         Ok(ZipReader {
             size,
