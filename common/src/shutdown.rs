@@ -2,7 +2,20 @@
 //! which servers stop accepting and let in-flight requests finish, and a
 //! watchdog that ends the process if they take longer than `ShutdownTimeout`.
 
+use std::sync::Mutex;
 use std::time::Duration;
+
+static FORCED_EXIT_HOOKS: Mutex<Vec<fn()>> = Mutex::new(Vec::new());
+
+/// Registers `hook` to run if the grace period runs out and the process is
+/// ended anyway (e.g. to kill child process groups that would otherwise
+/// outlive it). Registering the same function twice runs it once.
+pub fn at_forced_exit(hook: fn()) {
+    let mut hooks = FORCED_EXIT_HOOKS.lock().unwrap_or_else(|p| p.into_inner());
+    if !hooks.iter().any(|h| std::ptr::fn_addr_eq(*h, hook)) {
+        hooks.push(hook);
+    }
+}
 
 /// Resolves when the process receives SIGTERM or SIGINT, and from then on
 /// gives in-flight work `grace` before the process exits anyway.
@@ -17,6 +30,13 @@ pub async fn signal(grace: Duration) {
     std::thread::spawn(move || {
         std::thread::sleep(grace);
         eprintln!("shutdown timeout of {grace:?} passed; exiting");
+        let hooks = FORCED_EXIT_HOOKS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for hook in hooks {
+            hook();
+        }
         std::process::exit(1);
     });
 }

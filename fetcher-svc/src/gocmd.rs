@@ -177,6 +177,7 @@ impl GoFetcher {
     /// A fetcher running the go command as `settings` say and saving into
     /// `storage`. Nothing is run or created until the first call.
     pub fn new(settings: GoSettings, storage: Arc<dyn Storage>) -> Self {
+        modmesh_common::shutdown::at_forced_exit(kill_live_groups);
         let base = settings
             .go_get_dir
             .clone()
@@ -290,10 +291,7 @@ impl GoFetcher {
         let stderr = child.stderr.take();
         // Declared after `job`, so on drop the group is killed before the
         // directory is removed.
-        let mut group = ProcessGroup {
-            pgid: Pid::from_raw(pid as i32),
-            child: Some(child),
-        };
+        let mut group = ProcessGroup::new(Pid::from_raw(pid as i32), child);
         let timeout = self.settings.timeout;
         let outcome = tokio::time::timeout(timeout, async {
             let wait = async {
@@ -796,7 +794,31 @@ struct ProcessGroup {
     child: Option<Child>,
 }
 
+/// Process groups of go runs still alive, so a forced exit of this process
+/// (the shutdown timeout running out) can take them along.
+static LIVE_GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// SIGKILL to every go process group still running. Registered with
+/// [`modmesh_common::shutdown::at_forced_exit`] by [`GoFetcher::new`].
+pub fn kill_live_groups() {
+    let groups = LIVE_GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+    for &pgid in groups.iter() {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+}
+
 impl ProcessGroup {
+    fn new(pgid: Pid, child: Child) -> Self {
+        LIVE_GROUPS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(pgid.as_raw());
+        ProcessGroup {
+            pgid,
+            child: Some(child),
+        }
+    }
+
     fn child_mut(&mut self) -> &mut Child {
         self.child
             .as_mut()
@@ -832,6 +854,10 @@ impl ProcessGroup {
 
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
+        LIVE_GROUPS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|&g| g != self.pgid.as_raw());
         let Some(mut child) = self.child.take() else {
             return;
         };
