@@ -56,3 +56,50 @@ pub fn channel(url: &str) -> Result<tonic::transport::Channel, tonic::transport:
         .initial_connection_window_size(4 * WINDOW)
         .connect_lazy())
 }
+
+/// A gRPC server on 127.0.0.1 and a free port, served the way every service
+/// is (health, reflection, request ids): for tests and local tools. It stops
+/// when [`LoopbackServer::stop`] is called or when it is dropped.
+#[derive(Debug)]
+pub struct LoopbackServer {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl LoopbackServer {
+    /// Serves `routes`, reporting `names` as SERVING.
+    pub async fn start(routes: Routes, names: &'static [&'static str]) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve_grpc(listener, routes, names, "loopback", async {
+            let _ = stopped.await;
+        }));
+        Ok(LoopbackServer {
+            url,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// Stops accepting, lets in-flight calls finish, and returns how serving ended.
+    pub async fn stop(mut self) -> Result<(), tonic::transport::Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LoopbackServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -4,6 +4,7 @@
 
 mod support;
 
+use modmesh_common::server::LoopbackServer;
 use modmesh_fetcher::client::FetcherClient;
 use modmesh_fetcher::gocmd::{GoFetcher, GoSettings};
 use modmesh_fetcher::{server, Fetcher};
@@ -380,18 +381,10 @@ async fn over_grpc_error_kinds_survive() {
     let base = Scratch::new("modmesh-base-");
     let (f, storage) = fetcher(settings(&up.file_url(), base.path(), T));
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let srv = tokio::spawn(modmesh_common::server::serve_grpc(
-        listener,
-        server::routes(f),
-        &[server::SERVICE_NAME],
-        "fetcher-test",
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let srv = LoopbackServer::start(server::routes(f), &[server::SERVICE_NAME])
+        .await
+        .unwrap();
+    let addr = srv.url.trim_start_matches("http://").to_string();
     let client = FetcherClient::new(&format!("http://{addr}")).unwrap();
 
     let c = coords(m, "v1.0.0");
@@ -439,8 +432,7 @@ async fn over_grpc_error_kinds_survive() {
         .unwrap_err();
     assert_eq!(s.code(), tonic::Code::InvalidArgument);
 
-    let _ = stop_tx.send(());
-    srv.await.unwrap().unwrap();
+    srv.stop().await.unwrap();
     // With the server gone, the client reports Unavailable.
     let e = client.list(&c.module).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");

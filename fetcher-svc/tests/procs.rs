@@ -3,6 +3,7 @@
 
 mod support;
 
+use modmesh_common::server::LoopbackServer;
 use modmesh_fetcher::gocmd::GoSettings;
 use modmesh_fetcher::Fetcher;
 use modmesh_proto::{Coordinates, ErrorKind};
@@ -169,18 +170,10 @@ async fn a_grpc_client_going_away_kills_the_group() {
     let (f, _) = fetcher(forking_settings(&tools, &base, Duration::from_secs(120)));
     let marker = tools.path().join("forking-go").display().to_string();
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let srv = tokio::spawn(modmesh_common::server::serve_grpc(
-        listener,
-        server::routes(f),
-        &[server::SERVICE_NAME],
-        "fetcher-test",
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let srv = LoopbackServer::start(server::routes(f), &[server::SERVICE_NAME])
+        .await
+        .unwrap();
+    let addr = srv.url.trim_start_matches("http://").to_string();
     let client = FetcherClient::new(&format!("http://{addr}")).unwrap();
     let c = coords("example.com/remote", "v1.0.0");
     let leader = tokio::select! {
@@ -192,6 +185,5 @@ async fn a_grpc_client_going_away_kills_the_group() {
     let left = wait_group_gone(leader.pgid, leader.pid, Duration::from_secs(5)).await;
     assert!(left.is_empty(), "{left:?}");
     assert!(job_dirs(base.path()).is_empty());
-    let _ = stop_tx.send(());
-    srv.await.unwrap().unwrap();
+    srv.stop().await.unwrap();
 }

@@ -2,6 +2,7 @@
 //! `lock_contract!(driver)` line below expands to one test per check, named
 //! `driver::check`. A new driver adds a constructor and one line.
 
+use modmesh_common::server::LoopbackServer;
 use modmesh_lock::client::LockClient;
 use modmesh_lock::drivers::MemoryLock;
 use modmesh_lock::{server, Lock};
@@ -15,17 +16,16 @@ async fn memory() -> Arc<dyn Lock> {
 /// A real tonic server on a loopback port serving a `MemoryLock`, reached
 /// through `LockClient`. The server lives as long as the test's runtime.
 async fn grpc_memory() -> Arc<dyn Lock> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let routes = server::routes(Arc::new(MemoryLock::new()));
-    tokio::spawn(modmesh_common::server::serve_grpc(
-        listener,
-        routes,
+    let server = LoopbackServer::start(
+        server::routes(Arc::new(MemoryLock::new())),
         &[server::SERVICE_NAME],
-        "lock-svc-test",
-        std::future::pending(),
-    ));
-    Arc::new(LockClient::new(&format!("http://{addr}")).unwrap())
+    )
+    .await
+    .unwrap();
+    let client = Arc::new(LockClient::new(&server.url).unwrap());
+    // The server lives as long as the test's runtime.
+    std::mem::forget(server);
+    client
 }
 
 macro_rules! lock_contract {

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use modmesh_common::server::LoopbackServer;
 use modmesh_storage::backends::{DiskStorage, MemoryStorage};
 use modmesh_storage::client::StorageClient;
 use modmesh_storage::compliance::Fixture;
@@ -21,49 +22,15 @@ pub async fn disk_backend() -> Fixture {
     Fixture::new(Arc::new(storage)).keep(dir)
 }
 
-/// A running gRPC server; stops when dropped.
-pub struct Server {
-    /// Where it listens.
-    pub url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.abort();
-    }
-}
-
 /// Serves `storage` the way storage-svc does (health, reflection,
 /// request-id layer) on 127.0.0.1 and an ephemeral port.
-pub async fn serve(storage: Arc<dyn Storage>) -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        modmesh_common::server::serve_grpc(
-            listener,
-            modmesh_storage::server::routes(storage),
-            &[modmesh_storage::server::SERVICE_NAME],
-            "storage-svc-test",
-            async {
-                let _ = stopped.await;
-            },
-        )
-        .await
-        .expect("serve");
-    });
-    Server {
-        url,
-        stop: Some(stop),
-        task,
-    }
+pub async fn serve(storage: Arc<dyn Storage>) -> LoopbackServer {
+    LoopbackServer::start(
+        modmesh_storage::server::routes(storage),
+        &[modmesh_storage::server::SERVICE_NAME],
+    )
+    .await
+    .expect("serve")
 }
 
 /// `inner` behind a real gRPC server, reached through [`StorageClient`].
