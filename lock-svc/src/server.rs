@@ -128,11 +128,10 @@ impl pb::lock_server::Lock for LockService {
     async fn keep_alive(
         &self,
         request: Request<pb::LeaseRef>,
-    ) -> Result<Response<pb::LeaseGrant>, Status> {
+    ) -> Result<Response<pb::Empty>, Status> {
         let lease = lease_from(request.into_inner())?;
         self.lock.keep_alive(&lease).await?;
-        // The trait does not report the TTL it renewed by: ttl_ms is 0.
-        Ok(Response::new(grant(lease)))
+        Ok(Response::new(pb::Empty {}))
     }
 
     async fn release(&self, request: Request<pb::LeaseRef>) -> Result<Response<pb::Empty>, Status> {
