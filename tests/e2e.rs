@@ -45,6 +45,53 @@ fn assert_each_zip_fetched_once(upstream: &StaticServer) -> Result<()> {
     Ok(())
 }
 
+/// A temporary directory holding the standard upstream (served over HTTP)
+/// and an empty disk store.
+struct World {
+    tmp: tempfile::TempDir,
+    proxy: ProxyDir,
+    upstream: StaticServer,
+    store: PathBuf,
+}
+
+impl World {
+    fn new() -> Result<World> {
+        let tmp = tempfile::tempdir()?;
+        let proxy = standard_proxy(tmp.path().join("upstream"))?;
+        let upstream = StaticServer::start(proxy.root())?;
+        let store = tmp.path().join("store");
+        std::fs::create_dir(&store)?;
+        Ok(World {
+            tmp,
+            proxy,
+            upstream,
+            store,
+        })
+    }
+
+    /// An embedded gateway over the store, fetching from the upstream.
+    async fn gateway(&self) -> Result<Proc> {
+        let spec = embedded_spec(
+            "gateway",
+            self.tmp.path(),
+            &Store::Disk(self.store.clone()),
+            &self.upstream.url(),
+        )?;
+        start_gateway(spec).await
+    }
+
+    /// The mesh (two gateways and fetchers) over the store.
+    async fn mesh(&self) -> Result<Mesh> {
+        Mesh::start(
+            self.tmp.path(),
+            &Store::Disk(self.store.clone()),
+            &self.upstream.url(),
+            2,
+        )
+        .await
+    }
+}
+
 /// The fixtures alone: the program builds with GOPROXY pointing straight at
 /// the upstream server (no gateway involved).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,28 +235,23 @@ async fn check_protocol(gw: &str, proxy: &ProxyDir) -> Result<()> {
 async fn embedded_builds_then_serves_from_store_alone() -> Result<()> {
     let _heavy = HEAVY.lock().await;
     let t = Instant::now();
-    let tmp = tempfile::tempdir()?;
-    let proxy = standard_proxy(tmp.path().join("upstream"))?;
-    let mut upstream = StaticServer::start(proxy.root())?;
-    let store = tmp.path().join("store");
-    std::fs::create_dir(&store)?;
-    let spec = embedded_spec("gateway", tmp.path(), &Store::Disk(store), &upstream.url())?;
-    let mut gw = start_gateway(spec).await?;
+    let mut w = World::new()?;
+    let mut gw = w.gateway().await?;
     lap("embedded", "gateway ready", t);
 
-    let prog = tmp.path().join("prog");
+    let prog = w.tmp.path().join("prog");
     write_program(&prog)?;
     build_and_run_program(&GoEnv::new(&gw.url())?, &prog)
         .await
         .map_err(|e| anyhow!("{e:#}\n{}", gw.log_tail(6000)))?;
     lap("embedded", "cold build through gateway", t);
-    assert_each_zip_fetched_once(&upstream)?;
-    check_protocol(&gw.url(), &proxy)
+    assert_each_zip_fetched_once(&w.upstream)?;
+    check_protocol(&gw.url(), &w.proxy)
         .await
         .map_err(|e| anyhow!("{e:#}\n{}", gw.log_tail(6000)))?;
     lap("embedded", "protocol checks", t);
 
-    upstream.stop();
+    w.upstream.stop();
     restart_gateway(&mut gw).await?;
     std::fs::remove_file(prog.join("app"))?;
     build_and_run_program(&GoEnv::new(&gw.url())?, &prog)
@@ -227,21 +269,17 @@ async fn embedded_builds_then_serves_from_store_alone() -> Result<()> {
 async fn mesh_builds_then_serves_from_store_alone() -> Result<()> {
     let _heavy = HEAVY.lock().await;
     let t = Instant::now();
-    let tmp = tempfile::tempdir()?;
-    let proxy = standard_proxy(tmp.path().join("upstream"))?;
-    let mut upstream = StaticServer::start(proxy.root())?;
-    let store = tmp.path().join("store");
-    std::fs::create_dir(&store)?;
-    let mut mesh = Mesh::start(tmp.path(), &Store::Disk(store), &upstream.url(), 2).await?;
+    let mut w = World::new()?;
+    let mut mesh = w.mesh().await?;
     lap("mesh", "6 processes ready", t);
 
-    let prog = tmp.path().join("prog");
+    let prog = w.tmp.path().join("prog");
     write_program(&prog)?;
     build_and_run_program(&GoEnv::new(&mesh.gateways[0].url())?, &prog)
         .await
         .map_err(|e| anyhow!("build through gateway A: {e:#}\n{}", mesh.log_tails(4000)))?;
     lap("mesh", "cold build through gateway A", t);
-    assert_each_zip_fetched_once(&upstream)?;
+    assert_each_zip_fetched_once(&w.upstream)?;
 
     // A request id sent to the gateway travels every gRPC hop into each
     // service's logs: a cold .info goes gateway → lock-svc, storage-svc,
@@ -283,7 +321,7 @@ async fn mesh_builds_then_serves_from_store_alone() -> Result<()> {
         "the other fetcher never saw this request"
     );
 
-    upstream.stop();
+    w.upstream.stop();
     restart_gateway(&mut mesh.gateways[1]).await?;
     std::fs::remove_file(prog.join("app"))?;
     build_and_run_program(&GoEnv::new(&mesh.gateways[1].url())?, &prog)
@@ -306,16 +344,11 @@ async fn mesh_builds_then_serves_from_store_alone() -> Result<()> {
 /// 50 concurrent cold `.zip` requests (plus `.info` and `.mod` ones) spread
 /// over `gateways`, with the upstream answering slowly: exactly one upstream
 /// request for the zip, and every client gets 200 and the upstream's bytes.
-async fn single_flight(
-    test: &str,
-    gateways: &[String],
-    upstream: &StaticServer,
-    proxy: &ProxyDir,
-) -> Result<()> {
+async fn single_flight(test: &str, gateways: &[String], w: &World) -> Result<()> {
     let (m, v) = (MIXED, MIXED_V);
-    upstream.set_delay(Duration::from_millis(300));
-    let want_zip = sha256_file(&proxy.file(m, v, "zip"))?;
-    let want_mod = std::fs::read(proxy.file(m, v, "mod"))?;
+    w.upstream.set_delay(Duration::from_millis(300));
+    let want_zip = sha256_file(&w.proxy.file(m, v, "zip"))?;
+    let want_mod = std::fs::read(w.proxy.file(m, v, "mod"))?;
     let mut jobs = Vec::new();
     for i in 0..50 {
         jobs.push((gateways[i % gateways.len()].clone(), "zip"));
@@ -363,14 +396,14 @@ async fn single_flight(
         }
     }
     lap(test, "70 concurrent cold requests answered", t);
-    eprintln!("[{test}] upstream requests: {:?}", upstream.counts());
-    upstream.set_delay(Duration::ZERO);
-    let zip_fetches = upstream.count(&url_path(m, v, "zip"));
+    eprintln!("[{test}] upstream requests: {:?}", w.upstream.counts());
+    w.upstream.set_delay(Duration::ZERO);
+    let zip_fetches = w.upstream.count(&url_path(m, v, "zip"));
     ensure!(
         failures.is_empty() && zip_fetches == 1,
         "{} failed requests; upstream saw {zip_fetches} request(s) for the zip (want 1); upstream counts {:?}\n{}",
         failures.len(),
-        upstream.counts(),
+        w.upstream.counts(),
         failures.join("\n")
     );
     Ok(())
@@ -381,14 +414,10 @@ async fn single_flight(
 async fn single_flight_across_mesh_gateways() -> Result<()> {
     let _heavy = HEAVY.lock().await;
     let t = Instant::now();
-    let tmp = tempfile::tempdir()?;
-    let proxy = standard_proxy(tmp.path().join("upstream"))?;
-    let upstream = StaticServer::start(proxy.root())?;
-    let store = tmp.path().join("store");
-    std::fs::create_dir(&store)?;
-    let mut mesh = Mesh::start(tmp.path(), &Store::Disk(store), &upstream.url(), 2).await?;
+    let w = World::new()?;
+    let mut mesh = w.mesh().await?;
     let urls: Vec<String> = mesh.gateways.iter().map(Proc::url).collect();
-    single_flight("single-flight mesh", &urls, &upstream, &proxy)
+    single_flight("single-flight mesh", &urls, &w)
         .await
         .map_err(|e| anyhow!("{e:#}\n{}", mesh.log_tails(3000)))?;
     mesh.stop()?;
@@ -401,14 +430,9 @@ async fn single_flight_across_mesh_gateways() -> Result<()> {
 async fn single_flight_embedded() -> Result<()> {
     let _heavy = HEAVY.lock().await;
     let t = Instant::now();
-    let tmp = tempfile::tempdir()?;
-    let proxy = standard_proxy(tmp.path().join("upstream"))?;
-    let upstream = StaticServer::start(proxy.root())?;
-    let store = tmp.path().join("store");
-    std::fs::create_dir(&store)?;
-    let spec = embedded_spec("gateway", tmp.path(), &Store::Disk(store), &upstream.url())?;
-    let mut gw = start_gateway(spec).await?;
-    single_flight("single-flight embedded", &[gw.url()], &upstream, &proxy)
+    let w = World::new()?;
+    let mut gw = w.gateway().await?;
+    single_flight("single-flight embedded", &[gw.url()], &w)
         .await
         .map_err(|e| anyhow!("{e:#}\n{}", gw.log_tail(6000)))?;
     gw.stop()?;
@@ -422,14 +446,9 @@ async fn single_flight_embedded() -> Result<()> {
 async fn sigterm_lets_in_flight_requests_finish() -> Result<()> {
     let _heavy = HEAVY.lock().await;
     let t = Instant::now();
-    let tmp = tempfile::tempdir()?;
-    let proxy = standard_proxy(tmp.path().join("upstream"))?;
-    let upstream = StaticServer::start(proxy.root())?;
-    upstream.set_delay(Duration::from_millis(1500));
-    let store = tmp.path().join("store");
-    std::fs::create_dir(&store)?;
-    let spec = embedded_spec("gateway", tmp.path(), &Store::Disk(store), &upstream.url())?;
-    let mut gw = start_gateway(spec).await?;
+    let w = World::new()?;
+    w.upstream.set_delay(Duration::from_millis(1500));
+    let mut gw = w.gateway().await?;
     let url = format!("{}{}", gw.url(), url_path(MIXED, MIXED_V, "zip"));
     let request = tokio::spawn(async move { get_sha256(&url).await });
     // Let the request reach the gateway and start its fetch.
@@ -445,7 +464,7 @@ async fn sigterm_lets_in_flight_requests_finish() -> Result<()> {
     let (status, sha, _) = request.await??;
     ensure!(status == StatusCode::OK, "in-flight request got {status}");
     ensure!(
-        sha == sha256_file(&proxy.file(MIXED, MIXED_V, "zip"))?,
+        sha == sha256_file(&w.proxy.file(MIXED, MIXED_V, "zip"))?,
         "in-flight request got other bytes"
     );
     let (r, gw) = stopped.await?;
