@@ -219,13 +219,18 @@ impl AppState {
         match self.upstream("latest", s.fetcher.query(&latest)).await {
             Ok(info) => Ok(respond(info, JSON, NO_CACHE)),
             Err(e) => {
-                // Serve the highest stored version when the upstream cannot answer.
+                // Serve the stored version the go command would pick when the
+                // upstream cannot answer: the highest release, else the
+                // highest pre-release, else the newest pseudo-version.
                 let stored = s.storage.list(m).await?;
+                let rank = |v: &str| match (v.contains('-'), is_pseudo_version(v)) {
+                    (false, _) => 2,
+                    (true, false) => 1,
+                    (true, true) => 0,
+                };
                 let best = stored
                     .iter()
-                    .filter(|v| !is_pseudo_version(v) && !v.contains('-'))
-                    .max_by(|a, b| compare_versions(a, b))
-                    .or_else(|| stored.iter().max_by(|a, b| compare_versions(a, b)));
+                    .max_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| compare_versions(a, b)));
                 match best {
                     Some(v) => {
                         tracing::info!(module = %m, error = %e, "upstream latest failed; serving the highest stored version");
