@@ -6,31 +6,97 @@
 //! The file is `-config_file <path>`, else `./athens.toml` if present, else
 //! none. Keys this build does not use are ignored, so an Athens config file
 //! loads as it is. Unlike Athens, the result is always validated, and an
-//! error names the key and the problem.
+//! error names the exact key and the problem.
+//!
+//! # Sections: config beside what it configures
+//!
+//! [`Config`] holds the top-level keys only. Every backend, driver or feature
+//! owns a [`Section`]: one serde struct with Athens' key names and defaults,
+//! the TOML table it lives in ([`Section::PATH`]) and its environment
+//! overrides ([`Section::ENV`]). [`Config::section`] reads it: the file's
+//! table, then the environment (converted to the type the default value has
+//! at that key), then [`Section::validate`]. This module knows no backend by
+//! name; adding one touches its own file only.
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A configuration problem, naming the key.
 #[derive(Debug, thiserror::Error)]
 #[error("config: {key}: {problem}")]
 pub struct ConfigError {
-    /// The key (file name or env name) at fault.
+    /// The key (full TOML path, or the environment variable's name) at fault.
     pub key: String,
     /// What is wrong with it.
     pub problem: String,
 }
 
-fn err(key: &str, problem: impl Into<String>) -> ConfigError {
+/// A [`ConfigError`] for `key`.
+pub fn err(key: &str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         key: key.to_string(),
         problem: problem.into(),
     }
 }
 
-/// The whole configuration. Field names are the TOML keys.
-#[derive(Debug, Clone, Deserialize)]
+/// One environment override of a [`Section`] key.
+#[derive(Debug, Clone, Copy)]
+pub struct Env {
+    /// The variable, e.g. `ATHENS_DISK_STORAGE_ROOT`.
+    pub var: &'static str,
+    /// The key inside the section's table, dotted for nested tables
+    /// (`LockConfig.TTL`).
+    pub key: &'static str,
+    /// For list keys: the separator between entries.
+    pub sep: char,
+}
+
+impl Env {
+    /// `var` overrides `key`. A list key splits the value on `,`.
+    pub const fn new(var: &'static str, key: &'static str) -> Env {
+        Env { var, key, sep: ',' }
+    }
+    /// `var` overrides the list key `key`, entries separated by `sep`.
+    pub const fn list(var: &'static str, key: &'static str, sep: char) -> Env {
+        Env { var, key, sep }
+    }
+}
+
+/// A table of the configuration owned by one backend, driver or feature.
+///
+/// The struct carries `#[serde(default)]` with Athens' defaults in its
+/// `Default`, so a missing table or key takes the default.
+pub trait Section: Serialize + DeserializeOwned + Default + 'static {
+    /// The dotted TOML path of the table (`Storage.Disk`); empty for the
+    /// top level.
+    const PATH: &'static str;
+    /// Environment overrides. When several variables name one key, the one
+    /// listed first wins.
+    const ENV: &'static [Env];
+    /// Checks the values; errors name the full key ([`Section::key`]).
+    fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+    /// The full TOML path of `key` in this section, for error messages.
+    fn key(key: &str) -> String {
+        if Self::PATH.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", Self::PATH)
+        }
+    }
+}
+
+/// Where environment values come from (the process, or a map in tests).
+type EnvSource = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// The loaded configuration: the top-level keys as fields, plus the file
+/// and environment that [`Config::section`] reads the other tables from.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 #[allow(non_snake_case)]
 pub struct Config {
@@ -63,8 +129,6 @@ pub struct Config {
     pub SingleFlightType: String,
     /// `ATHENS_SHUTDOWN_TIMEOUT`: seconds in-flight requests get on SIGTERM.
     pub ShutdownTimeout: u64,
-    /// `[Storage]` blocks.
-    pub Storage: StorageConfig,
     /// `ATHENS_STORAGE_SVC_LISTEN`: where `storage-svc` serves gRPC (empty:
     /// `:50051`). When set for an embedded gateway, the gateway serves its
     /// in-process storage (module metadata included) there too.
@@ -80,26 +144,22 @@ pub struct Config {
     pub LockSvcURL: String,
     /// `ATHENS_FETCHER_SVC_URL`: likewise for fetcher-svc.
     pub FetcherSvcURL: String,
+    /// The file's whole table (after `-config_file`), for [`Config::section`].
+    #[serde(skip)]
+    file: toml::Table,
+    /// The environment, for [`Config::section`].
+    #[serde(skip)]
+    env: Option<EnvSource>,
 }
 
-/// The `[Storage]` table.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-#[allow(non_snake_case)]
-pub struct StorageConfig {
-    /// `[Storage.Disk]`.
-    pub Disk: DiskConfig,
-}
-
-/// The `[Storage.Disk]` table.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-#[allow(non_snake_case)]
-pub struct DiskConfig {
-    /// `ATHENS_DISK_STORAGE_ROOT`: the store's root directory. It must exist
-    /// where the disk backend runs (checked when the backend is built, so one
-    /// mesh file can name it for processes that do not hold the store).
-    pub RootPath: String,
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut v = toml::Table::try_from(self).unwrap_or_default();
+        v.retain(|_, x| !matches!(x, toml::Value::Table(_)));
+        f.debug_struct("Config")
+            .field("keys", &v)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Config {
@@ -118,142 +178,44 @@ impl Default for Config {
             Port: ":3000".into(),
             SingleFlightType: "memory".into(),
             ShutdownTimeout: 60,
-            Storage: StorageConfig::default(),
             StorageSvcListen: String::new(),
             LockSvcListen: String::new(),
             FetcherSvcListen: String::new(),
             StorageSvcURL: String::new(),
             LockSvcURL: String::new(),
             FetcherSvcURL: String::new(),
+            file: toml::Table::new(),
+            env: None,
         }
     }
 }
 
-/// Storage types this build serves.
-pub const STORAGE_TYPES: &[&str] = &["memory", "disk"];
-/// Single-flight types this build serves.
-pub const SINGLE_FLIGHT_TYPES: &[&str] = &["memory"];
+impl Section for Config {
+    const PATH: &'static str = "";
+    const ENV: &'static [Env] = &[
+        Env::new("GO_ENV", "GoEnv"),
+        Env::new("GO_BINARY_PATH", "GoBinary"),
+        Env::list("ATHENS_GO_BINARY_ENV_VARS", "GoBinaryEnvVars", ';'),
+        Env::new("ATHENS_GOGET_WORKERS", "GoGetWorkers"),
+        Env::new("ATHENS_GOGET_DIR", "GoGetDir"),
+        Env::new("ATHENS_PROTOCOL_WORKERS", "ProtocolWorkers"),
+        Env::new("ATHENS_LOG_LEVEL", "LogLevel"),
+        Env::new("ATHENS_LOG_FORMAT", "LogFormat"),
+        Env::new("ATHENS_TIMEOUT", "Timeout"),
+        Env::new("ATHENS_STORAGE_TYPE", "StorageType"),
+        Env::new("ATHENS_PORT", "Port"),
+        Env::new("PORT", "Port"),
+        Env::new("ATHENS_SINGLE_FLIGHT_TYPE", "SingleFlightType"),
+        Env::new("ATHENS_SHUTDOWN_TIMEOUT", "ShutdownTimeout"),
+        Env::new("ATHENS_STORAGE_SVC_LISTEN", "StorageSvcListen"),
+        Env::new("ATHENS_LOCK_SVC_LISTEN", "LockSvcListen"),
+        Env::new("ATHENS_FETCHER_SVC_LISTEN", "FetcherSvcListen"),
+        Env::new("ATHENS_STORAGE_SVC_URL", "StorageSvcURL"),
+        Env::new("ATHENS_LOCK_SVC_URL", "LockSvcURL"),
+        Env::new("ATHENS_FETCHER_SVC_URL", "FetcherSvcURL"),
+    ];
 
-impl Config {
-    /// Loads the configuration the way every binary does: the file named by
-    /// `-config_file` in `args` (else `./athens.toml` if it exists), then the
-    /// environment, then validation.
-    pub fn from_args_and_env(args: &[String]) -> Result<Config, ConfigError> {
-        let file = config_file_arg(args)?;
-        let file = file.or_else(|| {
-            let p = PathBuf::from("athens.toml");
-            p.exists().then_some(p)
-        });
-        Self::load(file.as_deref(), |k| std::env::var(k).ok())
-    }
-
-    /// Loads `file` (if any) over the defaults, applies the environment as
-    /// read by `env`, and validates.
-    pub fn load(
-        file: Option<&Path>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
-        let mut cfg = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| err("-config_file", format!("{}: {e}", path.display())))?;
-                Self::parse(&text)?
-            }
-            None => Config::default(),
-        };
-        cfg.apply_env(env)?;
-        cfg.normalize();
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// Parses TOML text over the defaults (no environment, no validation).
-    pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| {
-            // The key is what stands before `=` on the line of the error.
-            let key = e
-                .span()
-                .and_then(|s| {
-                    let start = text[..s.start].rfind('\n').map_or(0, |i| i + 1);
-                    let line = text[start..].lines().next().unwrap_or("");
-                    line.split_once('=').map(|(k, _)| k.trim().to_string())
-                })
-                .filter(|k| !k.is_empty())
-                .unwrap_or_else(|| "config file".into());
-            err(&key, e.message().to_string())
-        })
-    }
-
-    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        let get = |k: &str| env(k).filter(|v| !v.is_empty());
-        fn num<T: std::str::FromStr>(key: &str, v: String) -> Result<T, ConfigError> {
-            v.trim()
-                .parse()
-                .map_err(|_| err(key, format!("{v:?} is not a non-negative integer")))
-        }
-        let strings: [(&str, &mut String); 14] = [
-            ("GO_ENV", &mut self.GoEnv),
-            ("GO_BINARY_PATH", &mut self.GoBinary),
-            ("ATHENS_GOGET_DIR", &mut self.GoGetDir),
-            ("ATHENS_LOG_LEVEL", &mut self.LogLevel),
-            ("ATHENS_LOG_FORMAT", &mut self.LogFormat),
-            ("ATHENS_STORAGE_TYPE", &mut self.StorageType),
-            ("ATHENS_SINGLE_FLIGHT_TYPE", &mut self.SingleFlightType),
-            ("ATHENS_DISK_STORAGE_ROOT", &mut self.Storage.Disk.RootPath),
-            ("ATHENS_STORAGE_SVC_LISTEN", &mut self.StorageSvcListen),
-            ("ATHENS_LOCK_SVC_LISTEN", &mut self.LockSvcListen),
-            ("ATHENS_FETCHER_SVC_LISTEN", &mut self.FetcherSvcListen),
-            ("ATHENS_STORAGE_SVC_URL", &mut self.StorageSvcURL),
-            ("ATHENS_LOCK_SVC_URL", &mut self.LockSvcURL),
-            ("ATHENS_FETCHER_SVC_URL", &mut self.FetcherSvcURL),
-        ];
-        for (key, field) in strings {
-            if let Some(v) = get(key) {
-                *field = v;
-            }
-        }
-        if let Some(v) = get("ATHENS_PORT").or_else(|| get("PORT")) {
-            self.Port = v;
-        }
-        if let Some(v) = get("ATHENS_GOGET_WORKERS") {
-            self.GoGetWorkers = num("ATHENS_GOGET_WORKERS", v)?;
-        }
-        if let Some(v) = get("ATHENS_PROTOCOL_WORKERS") {
-            self.ProtocolWorkers = num("ATHENS_PROTOCOL_WORKERS", v)?;
-        }
-        if let Some(v) = get("ATHENS_TIMEOUT") {
-            self.Timeout = num("ATHENS_TIMEOUT", v)?;
-        }
-        if let Some(v) = get("ATHENS_SHUTDOWN_TIMEOUT") {
-            self.ShutdownTimeout = num("ATHENS_SHUTDOWN_TIMEOUT", v)?;
-        }
-        if let Some(v) = get("ATHENS_GO_BINARY_ENV_VARS") {
-            // Athens' EnvList: `;`-separated, trimmed, replaces the file's list.
-            self.GoBinaryEnvVars = v
-                .split(';')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect();
-        }
-        Ok(())
-    }
-
-    fn normalize(&mut self) {
-        let p = self.Port.trim();
-        if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) {
-            self.Port = format!(":{p}");
-        }
-        self.StorageType = self.StorageType.trim().to_string();
-        if self.SingleFlightType.trim().is_empty() {
-            self.SingleFlightType = "memory".into();
-        }
-        if self.LogFormat.trim().is_empty() {
-            self.LogFormat = "plain".into();
-        }
-    }
-
-    /// Checks every key this build uses.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.GoBinary.trim().is_empty() {
             return Err(err("GoBinary", "must not be empty"));
         }
@@ -281,35 +243,6 @@ impl Config {
             ));
         }
         crate::logging::parse_level(&self.LogLevel).map_err(|p| err("LogLevel", p))?;
-        if !STORAGE_TYPES.contains(&self.StorageType.as_str()) {
-            return Err(err(
-                "StorageType",
-                format!(
-                    "{:?} is not supported (supported: {})",
-                    self.StorageType,
-                    STORAGE_TYPES.join(", ")
-                ),
-            ));
-        }
-        if self.StorageType == "disk" {
-            let root = &self.Storage.Disk.RootPath;
-            if root.is_empty() {
-                return Err(err(
-                    "Storage.Disk.RootPath",
-                    "required when StorageType is disk",
-                ));
-            }
-        }
-        if !SINGLE_FLIGHT_TYPES.contains(&self.SingleFlightType.as_str()) {
-            return Err(err(
-                "SingleFlightType",
-                format!(
-                    "{:?} is not supported (supported: {})",
-                    self.SingleFlightType,
-                    SINGLE_FLIGHT_TYPES.join(", ")
-                ),
-            ));
-        }
         self.http_addr()?;
         for (key, v) in [
             ("StorageSvcListen", &self.StorageSvcListen),
@@ -333,6 +266,122 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Loads the configuration the way every binary does: the file named by
+    /// `-config_file` in `args` (else `./athens.toml` if it exists), then the
+    /// environment, then validation.
+    pub fn from_args_and_env(args: &[String]) -> Result<Config, ConfigError> {
+        let file = config_file_arg(args)?;
+        let file = file.or_else(|| {
+            let p = PathBuf::from("athens.toml");
+            p.exists().then_some(p)
+        });
+        Self::load(file.as_deref(), |k| std::env::var(k).ok())
+    }
+
+    /// Loads `file` (if any) over the defaults, applies the environment as
+    /// read by `env`, and validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Result<Config, ConfigError> {
+        let table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| err("-config_file", format!("{}: {e}", path.display())))?;
+                parse_table(&text)?
+            }
+            None => toml::Table::new(),
+        };
+        let mut cfg = Config {
+            file: table,
+            env: Some(Arc::new(env)),
+            ..Config::default()
+        };
+        cfg = cfg.section::<Config>()?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text over the defaults (no environment, no validation).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let table = parse_table(text)?;
+        let mut cfg: Config = from_table("", toml::Value::Table(table.clone()))?;
+        cfg.file = table;
+        Ok(cfg)
+    }
+
+    /// A configuration from `text` and the variables in `env` (for tests).
+    pub fn from_text(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let cfg = Config {
+            file: parse_table(text)?,
+            env: Some(Arc::new(move |k: &str| map.get(k).cloned())),
+            ..Config::default()
+        };
+        cfg.section::<Config>()
+    }
+
+    /// Reads section `T`: its table from the file (defaults where absent),
+    /// then its environment overrides, then [`Section::validate`].
+    pub fn section<T: Section>(&self) -> Result<T, ConfigError> {
+        let mut table = lookup(&self.file, T::PATH).unwrap_or_default();
+        if T::PATH.is_empty() {
+            // The top level reads its own keys only.
+            table.retain(|_, v| !matches!(v, toml::Value::Table(_)));
+        }
+        let defaults = toml::Table::try_from(T::default())
+            .map_err(|e| err(T::PATH, format!("defaults do not serialize: {e}")))?;
+        let env = |k: &str| {
+            self.env
+                .as_ref()
+                .and_then(|f| f(k))
+                .filter(|v| !v.trim().is_empty())
+        };
+        // Later entries first, so that the first variable listed wins.
+        for e in T::ENV.iter().rev() {
+            if let Some(v) = env(e.var) {
+                let value = env_value(e, &v, lookup_value(&defaults, e.key))?;
+                insert(&mut table, e.key, value);
+            }
+        }
+        let mut v: T = from_table(T::PATH, toml::Value::Table(table))?;
+        if T::PATH.is_empty() {
+            // `Config` carries the file and environment on to its sections.
+            let any: &mut dyn std::any::Any = &mut v;
+            if let Some(c) = any.downcast_mut::<Config>() {
+                c.file = self.file.clone();
+                c.env = self.env.clone();
+                c.normalize();
+            }
+        }
+        v.validate()?;
+        Ok(v)
+    }
+
+    fn normalize(&mut self) {
+        let p = self.Port.trim();
+        if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) {
+            self.Port = format!(":{p}");
+        }
+        self.StorageType = self.StorageType.trim().to_string();
+        self.SingleFlightType = self.SingleFlightType.trim().to_string();
+        if self.SingleFlightType.is_empty() {
+            self.SingleFlightType = "memory".into();
+        }
+        if self.LogFormat.trim().is_empty() {
+            self.LogFormat = "plain".into();
+        }
+    }
+
+    /// Checks every top-level key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Section::validate(self)
     }
 
     /// The gateway's listen address from `Port` (`:3000` means all interfaces).
@@ -373,6 +422,107 @@ pub fn listen_addr(key: &str, v: &str) -> Result<std::net::SocketAddr, ConfigErr
         .map_err(|_| err(key, format!("{v:?} is not host:port")))
 }
 
+/// Parses TOML text; an error names the key on the line at fault.
+fn parse_table(text: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| {
+        let key = e
+            .span()
+            .and_then(|s| {
+                let start = text[..s.start].rfind('\n').map_or(0, |i| i + 1);
+                let line = text[start..].lines().next().unwrap_or("");
+                line.split_once('=').map(|(k, _)| k.trim().to_string())
+            })
+            .filter(|k| !k.is_empty())
+            .unwrap_or_else(|| "config file".into());
+        err(&key, e.message().to_string())
+    })
+}
+
+/// Deserializes a section from `value`; an error names the full key path.
+fn from_table<T: DeserializeOwned>(path: &str, value: toml::Value) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let key = match (path.is_empty(), inner == ".") {
+            (true, _) => inner,
+            (false, true) => path.to_string(),
+            (false, false) => format!("{path}.{inner}"),
+        };
+        err(&key, e.into_inner().to_string())
+    })
+}
+
+/// The table at dotted `path` in `t` (the whole of `t` for an empty path).
+fn lookup(t: &toml::Table, path: &str) -> Option<toml::Table> {
+    if path.is_empty() {
+        return Some(t.clone());
+    }
+    let mut cur = t;
+    for part in path.split('.') {
+        cur = cur.get(part)?.as_table()?;
+    }
+    Some(cur.clone())
+}
+
+/// The value at dotted `key` in `t`.
+fn lookup_value<'a>(t: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let (parents, last) = match key.rsplit_once('.') {
+        Some((p, l)) => (Some(p), l),
+        None => (None, key),
+    };
+    let mut cur = t;
+    if let Some(p) = parents {
+        for part in p.split('.') {
+            cur = cur.get(part)?.as_table()?;
+        }
+    }
+    cur.get(last)
+}
+
+/// Sets dotted `key` in `t`, creating tables on the way.
+fn insert(t: &mut toml::Table, key: &str, value: toml::Value) {
+    let mut cur = t;
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().unwrap_or(key);
+    for part in parts {
+        let entry = cur
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        cur = entry.as_table_mut().expect("a table");
+    }
+    cur.insert(last.to_string(), value);
+}
+
+/// An environment value converted to the type the key's default has.
+fn env_value(e: &Env, v: &str, default: Option<&toml::Value>) -> Result<toml::Value, ConfigError> {
+    let v = v.trim();
+    Ok(match default {
+        Some(toml::Value::Integer(_)) => toml::Value::Integer(
+            v.parse()
+                .map_err(|_| err(e.var, format!("{v:?} is not an integer")))?,
+        ),
+        Some(toml::Value::Float(_)) => toml::Value::Float(
+            v.parse()
+                .map_err(|_| err(e.var, format!("{v:?} is not a number")))?,
+        ),
+        Some(toml::Value::Boolean(_)) => toml::Value::Boolean(match v {
+            "true" | "TRUE" | "True" | "1" => true,
+            "false" | "FALSE" | "False" | "0" => false,
+            _ => return Err(err(e.var, format!("{v:?} is not true or false"))),
+        }),
+        Some(toml::Value::Array(_)) => toml::Value::Array(
+            v.split(e.sep)
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+        _ => toml::Value::String(v.to_string()),
+    })
+}
+
 /// The value of `-config_file` (or `--config_file`, with `=` or a space).
 fn config_file_arg(args: &[String]) -> Result<Option<PathBuf>, ConfigError> {
     let mut it = args.iter().skip(1);
@@ -401,7 +551,7 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {
         let m: HashMap<String, String> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -463,18 +613,92 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = Config::load(None, env(&[("ATHENS_STORAGE_TYPE", "disk")])).unwrap_err();
-        assert_eq!(e.key, "Storage.Disk.RootPath");
         let e = Config::load(None, env(&[("ATHENS_GOGET_WORKERS", "many")])).unwrap_err();
         assert_eq!(e.key, "ATHENS_GOGET_WORKERS");
-        let e = Config::load(None, env(&[("ATHENS_STORAGE_TYPE", "floppy")])).unwrap_err();
-        assert_eq!(e.key, "StorageType");
         let e = Config::load(None, env(&[("ATHENS_LOG_FORMAT", "xml")])).unwrap_err();
         assert_eq!(e.key, "LogFormat");
         let e = Config::load(None, env(&[("ATHENS_GO_BINARY_ENV_VARS", "NOEQUALS")])).unwrap_err();
         assert_eq!(e.key, "GoBinaryEnvVars");
         let e = Config::parse("Timeout = \"soon\"\n").unwrap_err();
         assert_eq!(e.key, "Timeout", "{e}");
+    }
+
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(default)]
+    #[allow(non_snake_case)]
+    struct Sample {
+        RootPath: String,
+        Workers: u32,
+        Insecure: bool,
+        Endpoints: Vec<String>,
+        LockConfig: SampleLock,
+    }
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(default)]
+    #[allow(non_snake_case)]
+    struct SampleLock {
+        TTL: u64,
+    }
+    impl Section for Sample {
+        const PATH: &'static str = "Storage.Sample";
+        const ENV: &'static [Env] = &[
+            Env::new("S_ROOT", "RootPath"),
+            Env::new("S_WORKERS", "Workers"),
+            Env::new("S_INSECURE", "Insecure"),
+            Env::new("S_ENDPOINTS", "Endpoints"),
+            Env::new("S_TTL", "LockConfig.TTL"),
+        ];
+    }
+
+    #[test]
+    fn sections_merge_env_over_file_by_type() {
+        let text = "[Storage.Sample]\nRootPath = \"/a\"\nWorkers = 3\n[Storage.Sample.LockConfig]\nTTL = 5\n";
+        let c = Config::from_text(text, &[]).unwrap();
+        let s: Sample = c.section().unwrap();
+        assert_eq!(s.RootPath, "/a");
+        assert_eq!(s.Workers, 3);
+        assert_eq!(s.LockConfig.TTL, 5);
+        let c = Config::from_text(
+            text,
+            &[
+                ("S_ROOT", "/b"),
+                ("S_WORKERS", "7"),
+                ("S_INSECURE", "true"),
+                ("S_ENDPOINTS", "a:1, b:2"),
+                ("S_TTL", "9"),
+            ],
+        )
+        .unwrap();
+        let s: Sample = c.section().unwrap();
+        assert_eq!(
+            s,
+            Sample {
+                RootPath: "/b".into(),
+                Workers: 7,
+                Insecure: true,
+                Endpoints: vec!["a:1".into(), "b:2".into()],
+                LockConfig: SampleLock { TTL: 9 },
+            }
+        );
+        // A missing table is the defaults.
+        let s: Sample = Config::from_text("", &[]).unwrap().section().unwrap();
+        assert_eq!(s, Sample::default());
+        // Errors name the full key, or the variable.
+        let e = Config::from_text("[Storage.Sample]\nWorkers = \"x\"\n", &[])
+            .unwrap()
+            .section::<Sample>()
+            .unwrap_err();
+        assert_eq!(e.key, "Storage.Sample.Workers", "{e}");
+        let e = Config::from_text("", &[("S_WORKERS", "many")])
+            .unwrap()
+            .section::<Sample>()
+            .unwrap_err();
+        assert_eq!(e.key, "S_WORKERS", "{e}");
+        let e = Config::from_text("", &[("S_INSECURE", "maybe")])
+            .unwrap()
+            .section::<Sample>()
+            .unwrap_err();
+        assert_eq!(e.key, "S_INSECURE", "{e}");
     }
 
     #[test]

@@ -982,14 +982,11 @@ mod tests {
 
     #[test]
     fn settings_from_config() {
-        let mut cfg = Config {
-            GoBinary: "/usr/local/go/bin/go".into(),
-            GoBinaryEnvVars: vec!["GOPROXY=file:///x".into()],
-            GoGetWorkers: 3,
-            GoGetDir: "/var/tmp/gg".into(),
-            Timeout: 7,
-            ..Config::default()
-        };
+        let mut cfg = Config::from_text(
+            "GoBinary = \"/usr/local/go/bin/go\"\nGoBinaryEnvVars = [\"GOPROXY=file:///x\"]\nGoGetWorkers = 3\nTimeout = 7\n",
+            &[("ATHENS_GOGET_DIR", "/var/tmp/gg")],
+        )
+        .unwrap();
         let s = GoSettings::from_config(&cfg);
         assert_eq!(s.go_binary, "/usr/local/go/bin/go");
         assert_eq!(s.env_vars, ["GOPROXY=file:///x"]);

@@ -30,7 +30,7 @@ fn harness() -> Harness {
         ("ATHENS_GOGET_DIR", work.path().display().to_string()),
         ("ATHENS_TIMEOUT", "60".into()),
     ]);
-    let cfg = Config::load(None, |k| env.get(k).cloned()).unwrap();
+    let cfg = Config::load(None, move |k| env.get(k).cloned()).unwrap();
     let (services, _) = wire::services(&cfg).unwrap();
     Harness {
         app: router(AppState::new(services, cfg.ProtocolWorkers, cfg.timeout())),
@@ -269,7 +269,7 @@ async fn readiness_fails_when_a_remote_service_is_down() {
         .port();
     let url = format!("http://127.0.0.1:{port}");
     let env: HashMap<&str, String> = HashMap::from([("ATHENS_LOCK_SVC_URL", url)]);
-    let cfg = Config::load(None, |k| env.get(k).cloned()).unwrap();
+    let cfg = Config::load(None, move |k| env.get(k).cloned()).unwrap();
     let (services, _) = wire::services(&cfg).unwrap();
     let app = router(AppState::new(services, 4, cfg.timeout()));
     let a = get(&app, "/readyz").await;

@@ -285,23 +285,36 @@ fn disk_root_must_be_a_directory() {
 
 #[tokio::test]
 async fn from_config_picks_the_backend() {
-    let mut cfg = modmesh_common::Config::default();
+    let cfg = modmesh_common::Config::from_text("", &[]).unwrap();
     let s = modmesh_storage::from_config(&cfg).unwrap();
     assert!(!s.exists(&coords("example.com/a", "v1.0.0")).await.unwrap());
     let dir = tempfile::tempdir().unwrap();
-    cfg.StorageType = "disk".into();
-    cfg.Storage.Disk.RootPath = dir.path().display().to_string();
+    let root = dir.path().display().to_string();
+    let cfg = modmesh_common::Config::from_text(
+        "StorageType = \"disk\"\n",
+        &[("ATHENS_DISK_STORAGE_ROOT", &root)],
+    )
+    .unwrap();
     let s = modmesh_storage::from_config(&cfg).unwrap();
     compliance::save_mock(&*s, &coords("example.com/a", "v1.0.0")).await;
     assert!(dir.path().join("example.com/a/v1.0.0/v1.0.0.info").exists());
-    cfg.Storage.Disk.RootPath.clear();
+    // The same from the file's own table.
+    let cfg = modmesh_common::Config::from_text(
+        &format!("StorageType = \"disk\"\n[Storage.Disk]\nRootPath = {root:?}\n"),
+        &[],
+    )
+    .unwrap();
+    let s = modmesh_storage::from_config(&cfg).unwrap();
+    assert!(s.exists(&coords("example.com/a", "v1.0.0")).await.unwrap());
+    let cfg = modmesh_common::Config::from_text("StorageType = \"disk\"\n", &[]).unwrap();
     let e = modmesh_storage::from_config(&cfg).err().unwrap();
     assert_eq!(e.kind, ErrorKind::Invalid);
-    assert!(e.message.contains("RootPath"), "{e}");
-    cfg.StorageType = "floppy".into();
+    assert!(e.message.contains("Storage.Disk.RootPath"), "{e}");
+    let cfg = modmesh_common::Config::from_text("StorageType = \"floppy\"\n", &[]).unwrap();
     let e = modmesh_storage::from_config(&cfg).err().unwrap();
     assert_eq!(e.kind, ErrorKind::Invalid);
     assert!(e.message.contains("StorageType"), "{e}");
+    assert!(e.message.contains("memory, disk"), "{e}");
 }
 
 // --------------------------------------------------------- server protocol

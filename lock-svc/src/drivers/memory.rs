@@ -90,6 +90,11 @@ pub(crate) fn after(now: Instant, d: Duration) -> Instant {
         .unwrap_or(now)
 }
 
+/// Builds the memory driver (it has no configuration).
+pub fn build(_: &modmesh_common::Config) -> modmesh_proto::Result<std::sync::Arc<dyn crate::Lock>> {
+    Ok(std::sync::Arc::new(MemoryLock::new()))
+}
+
 impl MemoryLock {
     /// An empty lock table.
     pub fn new() -> Self {

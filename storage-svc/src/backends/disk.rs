@@ -50,6 +50,40 @@ pub const ZIP_FILE: &str = "source.zip";
 /// Hashes remembered by `stat` before the cache starts over.
 const HASH_CACHE_MAX: usize = 4096;
 
+/// The `[Storage.Disk]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[allow(non_snake_case)]
+#[non_exhaustive]
+pub struct DiskConfig {
+    /// `ATHENS_DISK_STORAGE_ROOT`: the store's root directory, which must
+    /// exist where the disk backend runs.
+    pub RootPath: String,
+}
+
+impl modmesh_common::config::Section for DiskConfig {
+    const PATH: &'static str = "Storage.Disk";
+    const ENV: &'static [modmesh_common::config::Env] = &[modmesh_common::config::Env::new(
+        "ATHENS_DISK_STORAGE_ROOT",
+        "RootPath",
+    )];
+    fn validate(&self) -> std::result::Result<(), modmesh_common::config::ConfigError> {
+        if self.RootPath.trim().is_empty() {
+            return Err(modmesh_common::config::err(
+                &Self::key("RootPath"),
+                "required when StorageType is disk",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Builds the disk backend from `[Storage.Disk]`.
+pub fn build(cfg: &modmesh_common::Config) -> Result<std::sync::Arc<dyn Storage>> {
+    let c: DiskConfig = cfg.section().map_err(super::config_error)?;
+    Ok(std::sync::Arc::new(DiskStorage::new(c.RootPath.trim())?))
+}
+
 /// The `.info` file name of `version`.
 pub fn info_file(version: &str) -> String {
     format!("{version}.info")

@@ -14,6 +14,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::{Arc, Mutex};
 
+/// Builds the memory backend (it has no configuration).
+pub fn build(_: &modmesh_common::Config) -> Result<Arc<dyn crate::Storage>> {
+    Ok(Arc::new(MemoryStorage::new()))
+}
+
 /// One stored version.
 struct Stored {
     info: Bytes,

@@ -1,10 +1,14 @@
 //! The storage backends, one module each, and [`from_config`], which picks
-//! one by `StorageType`.
+//! one by `StorageType` from [`REGISTRY`].
 //!
-//! A new backend is one file here, one arm in [`from_config`] and one line
-//! in the compliance test list (`tests/compliance.rs`).
+//! A new backend is one file here (its code and its config [`Section`]), one
+//! line in [`REGISTRY`] and one line in the compliance test list
+//! (`tests/compliance.rs`).
+//!
+//! [`Section`]: modmesh_common::config::Section
 
 use crate::Storage;
+use modmesh_common::Config;
 use modmesh_proto::{Error, Result};
 use std::sync::Arc;
 
@@ -14,22 +18,31 @@ pub mod memory;
 pub use disk::DiskStorage;
 pub use memory::MemoryStorage;
 
-/// Builds the backend named by `cfg.StorageType`: `memory` or `disk`
-/// (rooted at `Storage.Disk.RootPath`). Anything else is `Invalid`.
-pub fn from_config(cfg: &modmesh_common::Config) -> Result<Arc<dyn Storage>> {
-    match cfg.StorageType.trim() {
-        "memory" => Ok(Arc::new(MemoryStorage::new())),
-        "disk" => {
-            let root = &cfg.Storage.Disk.RootPath;
-            if root.trim().is_empty() {
-                return Err(Error::invalid(
-                    "Storage.Disk.RootPath: required when StorageType is disk",
-                ));
-            }
-            Ok(Arc::new(DiskStorage::new(root)?))
-        }
-        other => Err(Error::invalid(format!(
-            "StorageType: {other:?} is not supported (supported: memory, disk)"
+/// Builds a backend from the whole configuration (it reads its own section).
+pub type Builder = fn(&Config) -> Result<Arc<dyn Storage>>;
+
+/// Every `StorageType` this build serves, with its builder.
+pub const REGISTRY: &[(&str, Builder)] = &[("memory", memory::build), ("disk", disk::build)];
+
+/// The `StorageType` values of [`REGISTRY`].
+pub fn types() -> Vec<&'static str> {
+    REGISTRY.iter().map(|(name, _)| *name).collect()
+}
+
+/// Builds the backend named by `cfg.StorageType`; an unknown type is
+/// `Invalid`, listing the types that exist.
+pub fn from_config(cfg: &Config) -> Result<Arc<dyn Storage>> {
+    let name = cfg.StorageType.trim();
+    match REGISTRY.iter().find(|(n, _)| *n == name) {
+        Some((_, build)) => build(cfg),
+        None => Err(Error::invalid(format!(
+            "StorageType: {name:?} is not supported (supported: {})",
+            types().join(", ")
         ))),
     }
+}
+
+/// A configuration error as an `Invalid` error naming the key.
+pub fn config_error(e: modmesh_common::config::ConfigError) -> Error {
+    Error::invalid(format!("{}: {}", e.key, e.problem))
 }
