@@ -26,6 +26,14 @@ fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 log "toolchain: $(cargo --version), $(go version)"
 
+# Real servers and tools the tests start (one script per area, each
+# idempotent: it installs only what is missing, into a pinned version).
+for dep in scripts/deps/*.sh; do
+  [ -e "$dep" ] || continue
+  log "dependencies: $dep"
+  bash "$dep"
+done
+
 
 # --- checks ------------------------------------------------------------------
 log "cargo fmt --check"
