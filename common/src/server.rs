@@ -46,12 +46,32 @@ pub async fn serve_grpc(
         .await
 }
 
+/// The deadline of a call on a channel from [`channel`].
+pub const DEFAULT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Opens a channel to `url` lazily (the first call connects), so a client can
-/// be built before its server is up.
+/// be built before its server is up. Calls get [`DEFAULT_CALL_TIMEOUT`].
 pub fn channel(url: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    channel_with_timeout(url, DEFAULT_CALL_TIMEOUT)
+}
+
+/// Every gRPC channel of the mesh is built here: a lazy connection with a
+/// connect timeout, no Nagle delay, 4 MiB HTTP/2 windows, HTTP/2 keep-alive
+/// pings (so a peer that froze or vanished is noticed even on an idle
+/// connection), and a deadline on every call (`call_timeout` until the
+/// response headers; a streamed body is not cut off).
+pub fn channel_with_timeout(
+    url: &str,
+    call_timeout: std::time::Duration,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    use std::time::Duration;
     Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
-        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(call_timeout)
         .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
         .initial_stream_window_size(WINDOW)
         .initial_connection_window_size(4 * WINDOW)
         .connect_lazy())

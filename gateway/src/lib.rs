@@ -14,7 +14,9 @@
 pub mod app;
 pub mod error;
 pub mod route;
+pub mod service;
 pub mod wire;
 
 pub use app::{router, AppState};
+pub use service::{ModuleService, Settings};
 pub use wire::Services;

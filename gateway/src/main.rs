@@ -46,7 +46,8 @@ async fn main() {
             let _ = tcp.set_nodelay(true);
         });
     tracing::info!(%addr, storage = %cfg.StorageType, "gateway listening");
-    let app = router(AppState::new(services, cfg.ProtocolWorkers, cfg.timeout()));
+    let state = AppState::from_config(services, &cfg).unwrap_or_else(|e| run::fail(NAME, 2, e));
+    let app = router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(stopped())
         .await

@@ -50,9 +50,30 @@ pub struct Embedded {
 pub fn services(cfg: &Config) -> Result<(Services, Embedded)> {
     let mut remotes = Vec::new();
     let mut embedded = Embedded::default();
-    let chan = |url: &str| {
-        modmesh_common::server::channel(url).map_err(|e| Error::invalid(format!("{url}: {e}")))
+    // Every remote call has a deadline: a service that accepts connections
+    // and never answers gives `Timeout`, not a hang.
+    let chan = |key: &str, url: &str| {
+        modmesh_common::server::channel_with_timeout(url, cfg.timeout())
+            .map_err(|e| Error::invalid(format!("{key}: {url:?}: {e}")))
     };
+    if !cfg.FetcherSvcURL.is_empty() && cfg.StorageSvcURL.is_empty() {
+        // A remote fetcher saves into the store it is configured with; this
+        // gateway would read its own in-process store and never see the
+        // module. Only when this gateway serves its store over gRPC can the
+        // fetcher be pointed at it.
+        if cfg.StorageSvcListen.is_empty() {
+            return Err(Error::invalid(
+                "FetcherSvcURL is set but StorageSvcURL is not: fetcher-svc would save modules \
+                 into a store this gateway never reads; set StorageSvcURL to the storage-svc \
+                 that fetcher-svc saves into (or StorageSvcListen, and point fetcher-svc's \
+                 StorageSvcURL at it)",
+            ));
+        }
+        tracing::warn!(
+            "FetcherSvcURL is set and StorageSvcURL is not: fetcher-svc must save into this \
+             gateway's store, served at StorageSvcListen"
+        );
+    }
 
     let storage: Arc<dyn Storage> = if cfg.StorageSvcURL.is_empty() {
         let s = modmesh_storage::from_config(cfg)?;
@@ -66,10 +87,9 @@ pub fn services(cfg: &Config) -> Result<(Services, Embedded)> {
         }
         s
     } else {
-        remotes.push(("storage", chan(&cfg.StorageSvcURL)?));
-        Arc::new(modmesh_storage::client::StorageClient::new(
-            &cfg.StorageSvcURL,
-        )?)
+        let ch = chan("StorageSvcURL", &cfg.StorageSvcURL)?;
+        remotes.push(("storage", ch.clone()));
+        Arc::new(modmesh_storage::client::StorageClient::from_channel(ch))
     };
 
     let lock: Arc<dyn Lock> = if cfg.LockSvcURL.is_empty() {
@@ -84,8 +104,15 @@ pub fn services(cfg: &Config) -> Result<(Services, Embedded)> {
         }
         l
     } else {
-        remotes.push(("lock", chan(&cfg.LockSvcURL)?));
-        Arc::new(modmesh_lock::client::LockClient::new(&cfg.LockSvcURL)?)
+        // An acquire waits up to `Timeout` for the lock; the lock client
+        // bounds each call itself, the channel's deadline is a backstop.
+        let ch = modmesh_common::server::channel_with_timeout(
+            &cfg.LockSvcURL,
+            cfg.timeout() + std::time::Duration::from_secs(10),
+        )
+        .map_err(|e| Error::invalid(format!("LockSvcURL: {:?}: {e}", cfg.LockSvcURL)))?;
+        remotes.push(("lock", ch.clone()));
+        Arc::new(modmesh_lock::client::LockClient::from_channel(ch))
     };
 
     let fetcher: Arc<dyn Fetcher> = if cfg.FetcherSvcURL.is_empty() {
@@ -103,10 +130,15 @@ pub fn services(cfg: &Config) -> Result<(Services, Embedded)> {
         }
         f
     } else {
-        remotes.push(("fetcher", chan(&cfg.FetcherSvcURL)?));
-        Arc::new(modmesh_fetcher::client::FetcherClient::new(
+        // A download runs the go command for up to `Timeout`: its deadline
+        // leaves room for the answer.
+        let ch = modmesh_common::server::channel_with_timeout(
             &cfg.FetcherSvcURL,
-        )?)
+            cfg.timeout() + std::time::Duration::from_secs(10),
+        )
+        .map_err(|e| Error::invalid(format!("FetcherSvcURL: {:?}: {e}", cfg.FetcherSvcURL)))?;
+        remotes.push(("fetcher", ch.clone()));
+        Arc::new(modmesh_fetcher::client::FetcherClient::from_channel(ch))
     };
 
     Ok((

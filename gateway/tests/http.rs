@@ -33,7 +33,7 @@ fn harness() -> Harness {
     let cfg = Config::load(None, move |k| env.get(k).cloned()).unwrap();
     let (services, _) = wire::services(&cfg).unwrap();
     Harness {
-        app: router(AppState::new(services, cfg.ProtocolWorkers, cfg.timeout())),
+        app: router(AppState::from_config(services, &cfg).unwrap()),
         upstream,
         _work: work,
     }
@@ -271,7 +271,7 @@ async fn readiness_fails_when_a_remote_service_is_down() {
     let env: HashMap<&str, String> = HashMap::from([("ATHENS_LOCK_SVC_URL", url)]);
     let cfg = Config::load(None, move |k| env.get(k).cloned()).unwrap();
     let (services, _) = wire::services(&cfg).unwrap();
-    let app = router(AppState::new(services, 4, cfg.timeout()));
+    let app = router(AppState::from_config(services, &cfg).unwrap());
     let a = get(&app, "/readyz").await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text());
     assert!(a.text().contains("lock"), "{}", a.text());
@@ -308,4 +308,257 @@ async fn list_and_latest_survive_an_upstream_outage() {
         .status,
         StatusCode::NOT_FOUND
     );
+}
+
+// ------------------------------------------------------------ miss-path faults
+//
+// A fetcher the test scripts (it saves real module files from a local GOPROXY
+// tree into real memory storage), to make the miss path panic, stall or
+// queue at chosen moments.
+
+mod scripted {
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use modmesh_fetcher::{Fetched, Fetcher};
+    use modmesh_proto::{Coordinates, Error, ModulePath, Result};
+    use modmesh_storage::{SaveRequest, Storage};
+    use modmesh_tests::fixtures::ProxyDir;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    pub struct Scripted {
+        pub proxy: ProxyDir,
+        pub storage: Arc<dyn Storage>,
+        pub downloads: AtomicUsize,
+        /// Download number N (from 0) panics.
+        pub panic_on: Option<usize>,
+        /// Each download first waits this long.
+        pub stall: Duration,
+        /// Each download waits until this is notified (if set).
+        pub gate: Option<Arc<tokio::sync::Semaphore>>,
+    }
+
+    #[async_trait]
+    impl Fetcher for Scripted {
+        async fn download(&self, c: &Coordinates) -> Result<Fetched> {
+            let n = self.downloads.fetch_add(1, Ordering::SeqCst);
+            if self.panic_on == Some(n) {
+                panic!("scripted fetcher panics on download {n}");
+            }
+            tokio::time::sleep(self.stall).await;
+            if let Some(g) = &self.gate {
+                g.acquire().await.unwrap().forget();
+            }
+            let m = c.module.as_str();
+            let v = c.version.as_str();
+            let read = |ext| std::fs::read(self.proxy.file(m, v, ext)).map_err(Error::from);
+            let info = Bytes::from(read("info")?);
+            let zip = Bytes::from(read("zip")?);
+            let req = SaveRequest {
+                coordinates: c.clone(),
+                info: info.clone(),
+                go_mod: Bytes::from(read("mod")?),
+                zip_hash: None,
+            };
+            let stream = futures::stream::once(async move { Ok(zip) }).boxed();
+            self.storage.save(req, stream).await?;
+            Ok(Fetched {
+                version: c.version.clone(),
+                info,
+            })
+        }
+        async fn list(&self, _: &ModulePath) -> Result<Vec<String>> {
+            Ok(Vec::new())
+        }
+        async fn query(&self, c: &Coordinates) -> Result<Bytes> {
+            Err(Error::not_found(format!("{c}: no queries here")))
+        }
+    }
+    use futures::StreamExt;
+}
+
+struct Scripted {
+    app: Router,
+    fetcher: Arc<scripted::Scripted>,
+    lock: Arc<dyn modmesh_lock::Lock>,
+    _upstream: tempfile::TempDir,
+}
+
+fn scripted(
+    settings: modmesh_gateway::Settings,
+    tune: impl FnOnce(&mut scripted::Scripted),
+) -> Scripted {
+    let upstream = tempfile::tempdir().unwrap();
+    let proxy = fixtures::standard_proxy(upstream.path()).unwrap();
+    let storage: Arc<dyn modmesh_storage::Storage> =
+        Arc::new(modmesh_storage::backends::MemoryStorage::new());
+    let lock: Arc<dyn modmesh_lock::Lock> = Arc::new(modmesh_lock::drivers::MemoryLock::new());
+    let mut f = scripted::Scripted {
+        proxy,
+        storage: storage.clone(),
+        downloads: Default::default(),
+        panic_on: None,
+        stall: Duration::ZERO,
+        gate: None,
+    };
+    tune(&mut f);
+    let fetcher = Arc::new(f);
+    let services = modmesh_gateway::Services {
+        storage,
+        lock: lock.clone(),
+        fetcher: fetcher.clone(),
+        remotes: Vec::new(),
+    };
+    let service = modmesh_gateway::ModuleService::new(services, settings);
+    Scripted {
+        app: router(AppState::new(service)),
+        fetcher,
+        lock,
+        _upstream: upstream,
+    }
+}
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_that_panics_does_not_poison_its_version() {
+    let s = scripted(Default::default(), |f| f.panic_on = Some(0));
+    let zip = path(fixtures::BASE, "@v/v1.0.0.zip");
+    let first = get(&s.app, &zip).await;
+    assert_eq!(
+        first.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        first.text()
+    );
+    // The in-flight entry went with the panic: the next request fetches anew.
+    let second = tokio::time::timeout(Duration::from_secs(10), get(&s.app, &zip))
+        .await
+        .expect("the version is not stuck");
+    assert_eq!(second.status, StatusCode::OK, "{}", second.text());
+    assert_eq!(s.fetcher.downloads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_miss_queued_for_an_upstream_slot_holds_no_cluster_lock() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let settings = modmesh_gateway::Settings {
+        protocol_workers: 1,
+        timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let s = scripted(settings, |f| f.gate = Some(gate.clone()));
+    // A takes the only upstream slot and stalls in its download.
+    let a = tokio::spawn({
+        let app = s.app.clone();
+        async move { get(&app, &path(fixtures::BASE, "@v/v1.0.0.zip")).await }
+    });
+    while s.fetcher.downloads.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // B misses too and queues for the slot.
+    let b = tokio::spawn({
+        let app = s.app.clone();
+        async move { get(&app, &path(fixtures::MIXED, "@v/v1.2.3.zip")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // While B queues, its version's cluster lock is free for other gateways.
+    let b_key = modmesh_proto::Coordinates::new(fixtures::MIXED, fixtures::MIXED_V)
+        .unwrap()
+        .key();
+    let lease = s
+        .lock
+        .acquire(&b_key, Duration::from_secs(5), Duration::ZERO)
+        .await
+        .expect("B's lock is not held while B waits for an upstream slot");
+    s.lock.release(&lease).await.unwrap();
+    gate.add_permits(2);
+    assert_eq!(a.await.unwrap().status, StatusCode::OK);
+    assert_eq!(b.await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_deadline_bounds_the_whole_miss() {
+    let settings = modmesh_gateway::Settings {
+        protocol_workers: 1,
+        timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let s = scripted(settings, |f| f.stall = Duration::from_secs(30));
+    let t = Instant::now();
+    let (pa, pb) = (
+        path(fixtures::BASE, "@v/v1.0.0.zip"),
+        path(fixtures::MIXED, "@v/v1.2.3.zip"),
+    );
+    let (a, b) = tokio::join!(get(&s.app, &pa), get(&s.app, &pb));
+    // One waits in the download, the other for the slot: both end at the
+    // deadline with 504, not after a wait per step.
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT, "{}", a.text());
+    assert_eq!(b.status, StatusCode::GATEWAY_TIMEOUT, "{}", b.text());
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_storage_service_that_never_answers_gives_504_not_a_hang() {
+    // Accepts connections and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let env: HashMap<&str, String> = HashMap::from([
+        ("ATHENS_STORAGE_SVC_URL", url),
+        ("ATHENS_TIMEOUT", "2".into()),
+    ]);
+    let cfg = Config::load(None, move |k| env.get(k).cloned()).unwrap();
+    let (services, _) = wire::services(&cfg).unwrap();
+    let app = router(AppState::from_config(services, &cfg).unwrap());
+    let t = Instant::now();
+    let a = tokio::time::timeout(
+        Duration::from_secs(10),
+        get(&app, &path(fixtures::BASE, "@v/v1.0.0.info")),
+    )
+    .await
+    .expect("an answer, not a hang");
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT, "{}", a.text());
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let r = tokio::time::timeout(Duration::from_secs(10), get(&app, "/readyz"))
+        .await
+        .expect("readiness answers");
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    held.abort();
+}
+
+#[test]
+fn a_remote_fetcher_with_an_in_process_store_is_refused() {
+    let env: HashMap<&str, String> =
+        HashMap::from([("ATHENS_FETCHER_SVC_URL", "http://127.0.0.1:1".to_string())]);
+    let cfg = Config::load(None, move |k| env.get(k).cloned()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _g = rt.enter();
+    let e = wire::services(&cfg).err().expect("refused");
+    assert!(e.message.contains("FetcherSvcURL"), "{e}");
+    assert!(e.message.contains("StorageSvcURL"), "{e}");
+}
+
+#[test]
+fn server_paths_never_reach_an_error_body() {
+    use axum::response::IntoResponse;
+    let e = modmesh_proto::Error::internal("open /srv/athens/example.com/a/v1.0.0/source.zip: EIO");
+    let resp = modmesh_gateway::error::HttpError(e).into_response();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let body = rt.block_on(resp.into_body().collect()).unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(!text.contains("/srv/athens"), "{text}");
+    assert!(text.contains("EIO"), "{text}");
 }

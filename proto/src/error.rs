@@ -157,15 +157,65 @@ impl From<std::io::Error> for Error {
     }
 }
 
+/// The metadata key that carries the exact [`ErrorKind`] across a gRPC hop,
+/// so kinds that share a status code (or that a peer's library could send
+/// for other reasons) are never confused.
+pub const KIND_METADATA: &str = "modmesh-error-kind";
+
+impl ErrorKind {
+    const ALL: [ErrorKind; 8] = [
+        ErrorKind::NotFound,
+        ErrorKind::Gone,
+        ErrorKind::Invalid,
+        ErrorKind::AlreadyExists,
+        ErrorKind::Unavailable,
+        ErrorKind::Timeout,
+        ErrorKind::Permission,
+        ErrorKind::Internal,
+    ];
+
+    fn from_name(name: &str) -> Option<ErrorKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// The kind for a status that carries no [`KIND_METADATA`] (a peer that
+    /// is not ours, the transport itself): as [`ErrorKind::from_code`], except
+    /// that a failed precondition is never "gone" (only our own servers say
+    /// gone, with the metadata), a connection broken mid-call (`Unknown`) is
+    /// `Unavailable`, and a client-side deadline (`Cancelled`, "Timeout
+    /// expired") is `Timeout`.
+    fn from_foreign_status(s: &tonic::Status) -> ErrorKind {
+        use tonic::Code;
+        match s.code() {
+            Code::FailedPrecondition => ErrorKind::Internal,
+            Code::Unknown => ErrorKind::Unavailable,
+            Code::Cancelled if s.message().to_ascii_lowercase().contains("timeout") => {
+                ErrorKind::Timeout
+            }
+            code => ErrorKind::from_code(code),
+        }
+    }
+}
+
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
-        tonic::Status::new(e.kind.code(), e.message)
+        let mut status = tonic::Status::new(e.kind.code(), e.message);
+        if let Ok(v) = e.kind.as_str().parse() {
+            status.metadata_mut().insert(KIND_METADATA, v);
+        }
+        status
     }
 }
 
 impl From<tonic::Status> for Error {
     fn from(s: tonic::Status) -> Self {
-        Error::new(ErrorKind::from_code(s.code()), s.message().to_string())
+        let kind = s
+            .metadata()
+            .get(KIND_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(ErrorKind::from_name)
+            .unwrap_or_else(|| ErrorKind::from_foreign_status(&s));
+        Error::new(kind, s.message().to_string())
     }
 }
 
@@ -196,5 +246,22 @@ mod tests {
             assert_eq!(back.kind, kind);
             assert_eq!(back.message, "m");
         }
+    }
+
+    #[test]
+    fn foreign_statuses_are_never_gone_nor_internal_for_transport_faults() {
+        use tonic::{Code, Status};
+        let e: Error = Status::new(Code::FailedPrecondition, "bucket precondition").into();
+        assert_eq!(e.kind, ErrorKind::Internal);
+        let e: Error = Status::new(Code::Unknown, "connection reset mid-call").into();
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        let e: Error = Status::new(Code::Cancelled, "Timeout expired").into();
+        assert_eq!(e.kind, ErrorKind::Timeout);
+        let e: Error = Status::new(Code::NotFound, "x").into();
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        // Our own "gone" survives.
+        let s: Status = Error::gone("retracted").into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(Error::from(s).kind, ErrorKind::Gone);
     }
 }

@@ -1,0 +1,562 @@
+//! The module service: everything the gateway does for a module, with no
+//! HTTP types. Handlers ([`crate::app`]) only map its answers to HTTP.
+//!
+//! # The miss path
+//!
+//! A canonical version that storage does not hold is fetched once however
+//! many requests (and gateways) ask at once:
+//!
+//! 1. an in-process single flight per version, so one gateway asks the
+//!    cluster lock once; the flight runs in a task of its own (a client that
+//!    goes away does not abort a fetch others wait for), and its entry is
+//!    removed by a drop guard whatever happens, a panic included;
+//! 2. an upstream worker slot (`ProtocolWorkers`) is taken *before* the
+//!    cluster lock, so no gateway holds a version's lock while it queues
+//!    behind its own work;
+//! 3. the cluster lock (a lease kept alive while held), a re-check of
+//!    storage, the fetch (the fetcher stores), the release;
+//! 4. the whole miss, slot and lock waits included, is bounded by one
+//!    deadline (`Timeout`), after which the caller gets `Timeout` (504).
+//!
+//! # Queries
+//!
+//! `list`, `@latest` and version queries (`.info` of `master`, `v1`) go to
+//! the upstream through [`QueryCache`]: concurrent identical queries share
+//! one upstream call, answers are kept for `ListCacheTTL` seconds and "not
+//! found" answers for `NegativeCacheTTL`, so a flood of probes for paths
+//! that are not modules costs one fetcher call per path. Failures of the
+//! upstream are never cached; `list` and `@latest` then answer from what
+//! storage holds.
+
+use crate::wire::Services;
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use modmesh_common::config::{ConfigError, Env, Section};
+use modmesh_proto::coords::compare_versions;
+use modmesh_proto::{
+    is_pseudo_version, request_id, Coordinates, Error, ErrorKind, ModulePath, Result, Version,
+};
+use modmesh_storage::ZipReader;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// The gateway's own keys (top level of the config file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+#[allow(non_snake_case)]
+pub struct GatewayConfig {
+    /// `ATHENS_LOCK_TTL`: seconds a single-flight lease lives without a
+    /// keep-alive (it is renewed every third of that while the fetch runs),
+    /// so the time a crashed holder blocks its version.
+    pub LockTTL: u64,
+    /// `ATHENS_LIST_CACHE_TTL`: seconds an upstream `list`, `@latest` or
+    /// version-query answer is reused (0: not cached, concurrent identical
+    /// queries still share one call).
+    pub ListCacheTTL: u64,
+    /// `ATHENS_NEGATIVE_CACHE_TTL`: seconds an upstream "not found" is reused.
+    pub NegativeCacheTTL: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            LockTTL: 10,
+            ListCacheTTL: 30,
+            NegativeCacheTTL: 10,
+        }
+    }
+}
+
+impl Section for GatewayConfig {
+    const PATH: &'static str = "";
+    const ENV: &'static [Env] = &[
+        Env::new("ATHENS_LOCK_TTL", "LockTTL"),
+        Env::new("ATHENS_LIST_CACHE_TTL", "ListCacheTTL"),
+        Env::new("ATHENS_NEGATIVE_CACHE_TTL", "NegativeCacheTTL"),
+    ];
+    fn validate(&self) -> std::result::Result<(), ConfigError> {
+        if self.LockTTL == 0 {
+            return Err(modmesh_common::config::err(
+                "LockTTL",
+                "must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How the module service behaves.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Concurrent upstream calls (Athens' `ProtocolWorkers`).
+    pub protocol_workers: usize,
+    /// The deadline of one miss or query, waits included (`Timeout`).
+    pub timeout: Duration,
+    /// Single-flight lease TTL.
+    pub lock_ttl: Duration,
+    /// How long upstream query answers are reused.
+    pub query_ttl: Duration,
+    /// How long upstream "not found" answers are reused.
+    pub negative_ttl: Duration,
+}
+
+impl Settings {
+    /// The settings the configuration names.
+    pub fn from_config(cfg: &modmesh_common::Config) -> std::result::Result<Self, ConfigError> {
+        let g: GatewayConfig = cfg.section()?;
+        Ok(Settings {
+            protocol_workers: cfg.ProtocolWorkers,
+            timeout: cfg.timeout(),
+            lock_ttl: Duration::from_secs(g.LockTTL),
+            query_ttl: Duration::from_secs(g.ListCacheTTL),
+            negative_ttl: Duration::from_secs(g.NegativeCacheTTL),
+        })
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let g = GatewayConfig::default();
+        Settings {
+            protocol_workers: 30,
+            timeout: Duration::from_secs(300),
+            lock_ttl: Duration::from_secs(g.LockTTL),
+            query_ttl: Duration::from_secs(g.ListCacheTTL),
+            negative_ttl: Duration::from_secs(g.NegativeCacheTTL),
+        }
+    }
+}
+
+type Flight = Shared<BoxFuture<'static, Result<()>>>;
+
+/// The module service. Cheap to clone.
+#[derive(Clone)]
+pub struct ModuleService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    services: Services,
+    upstream: Semaphore,
+    settings: Settings,
+    in_flight: Mutex<HashMap<Coordinates, Flight>>,
+    queries: QueryCache,
+}
+
+/// Removes a version's in-flight entry when dropped: on success, on error,
+/// and when the flight's task panics or is aborted.
+struct FlightEntry {
+    inner: Arc<Inner>,
+    key: Coordinates,
+}
+
+impl Drop for FlightEntry {
+    fn drop(&mut self) {
+        self.inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// A point in time by which a whole operation must be done.
+#[derive(Debug, Clone, Copy)]
+struct Deadline(Instant);
+
+impl Deadline {
+    fn after(d: Duration) -> Self {
+        Deadline(Instant::now() + d)
+    }
+    fn left(&self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+    /// Runs `f`, failing with `Timeout` naming `what` when the deadline passes.
+    async fn run<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        tokio::time::timeout(self.left(), f)
+            .await
+            .unwrap_or_else(|_| Err(Error::timeout(format!("{what}: no answer in time"))))
+    }
+}
+
+impl ModuleService {
+    /// A module service over `services`.
+    pub fn new(services: Services, settings: Settings) -> Self {
+        ModuleService {
+            inner: Arc::new(Inner {
+                upstream: Semaphore::new(settings.protocol_workers.max(1)),
+                queries: QueryCache::new(settings.query_ttl, settings.negative_ttl),
+                services,
+                settings,
+                in_flight: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The services behind it.
+    pub fn services(&self) -> &Services {
+        &self.inner.services
+    }
+
+    /// Versions of `m`: the upstream's releases merged with what storage
+    /// holds (pseudo-versions left out), in semantic-version order. When the
+    /// upstream fails and storage holds versions, those are the answer.
+    pub async fn list(&self, m: &ModulePath) -> Result<Vec<String>> {
+        let s = &self.inner.services;
+        let deadline = Deadline::after(self.inner.settings.timeout);
+        let key = QueryKey::List(m.clone());
+        let (stored, upstream) = tokio::join!(
+            deadline.run("storage list", s.storage.list(m)),
+            self.query(key, deadline)
+        );
+        let stored: Vec<String> = stored?
+            .into_iter()
+            .filter(|v| !is_pseudo_version(v))
+            .collect();
+        let mut versions = match upstream {
+            Ok(QueryValue::List(mut up)) => {
+                up.extend(stored);
+                up
+            }
+            Ok(QueryValue::Info(_)) => return Err(Error::internal("list answered with info")),
+            Err(e) if !stored.is_empty() => {
+                tracing::info!(module = %m, error = %e, "upstream list failed; serving the stored list");
+                stored
+            }
+            Err(e) => return Err(e),
+        };
+        versions.sort_by(|a, b| compare_versions(a, b));
+        versions.dedup();
+        Ok(versions)
+    }
+
+    /// The `@latest` `.info`: the upstream's answer, or when the upstream
+    /// cannot answer, the stored version the go command would pick (the
+    /// highest release, else pre-release, else the newest pseudo-version).
+    pub async fn latest(&self, m: &ModulePath) -> Result<Bytes> {
+        let deadline = Deadline::after(self.inner.settings.timeout);
+        let latest = Coordinates {
+            module: m.clone(),
+            version: Version::new("latest")?,
+        };
+        let e = match self.query(QueryKey::Query(latest), deadline).await {
+            Ok(QueryValue::Info(info)) => return Ok(info),
+            Ok(QueryValue::List(_)) => return Err(Error::internal("latest answered with a list")),
+            Err(e) => e,
+        };
+        let storage = &self.inner.services.storage;
+        let stored = deadline.run("storage list", storage.list(m)).await?;
+        let rank = |v: &str| match (v.contains('-'), is_pseudo_version(v)) {
+            (false, _) => 2,
+            (true, false) => 1,
+            (true, true) => 0,
+        };
+        let best = stored
+            .iter()
+            .max_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| compare_versions(a, b)));
+        match best {
+            Some(v) => {
+                tracing::info!(module = %m, error = %e, "upstream latest failed; serving the highest stored version");
+                let c = Coordinates {
+                    module: m.clone(),
+                    version: Version::new(v.clone())?,
+                };
+                deadline.run("storage info", storage.info(&c)).await
+            }
+            None => Err(e),
+        }
+    }
+
+    /// The `.info` of `c`. For a canonical version it is the stored file
+    /// (fetched on a miss) and never changes; for a query (`master`, `v1`)
+    /// it is the upstream's current answer. The flag says which.
+    pub async fn info(&self, c: &Coordinates) -> Result<(Bytes, Immutable)> {
+        if !c.version.is_canonical() {
+            let deadline = Deadline::after(self.inner.settings.timeout);
+            return match self.query(QueryKey::Query(c.clone()), deadline).await? {
+                QueryValue::Info(info) => Ok((info, Immutable(false))),
+                QueryValue::List(_) => Err(Error::internal("query answered with a list")),
+            };
+        }
+        let storage = &self.inner.services.storage;
+        let info = self.read_through(c, || storage.info(c)).await?;
+        Ok((info, Immutable(true)))
+    }
+
+    /// The go.mod of `c` (a query is resolved first).
+    pub async fn go_mod(&self, c: &Coordinates) -> Result<Bytes> {
+        let c = self.resolve(c).await?;
+        let storage = &self.inner.services.storage;
+        self.read_through(&c, || storage.go_mod(&c)).await
+    }
+
+    /// The zip of `c` (a query is resolved first), streamed from storage.
+    pub async fn zip(&self, c: &Coordinates) -> Result<ZipReader> {
+        let c = self.resolve(c).await?;
+        let storage = &self.inner.services.storage;
+        self.read_through(&c, || storage.zip(&c)).await
+    }
+
+    /// Whether every service answers its health check, each within a
+    /// deadline.
+    pub async fn ready(&self) -> Result<()> {
+        let s = &self.inner.services;
+        let d = Deadline::after(self.inner.settings.timeout.min(Duration::from_secs(5)));
+        d.run(
+            "storage health",
+            s.storage
+                .list(&ModulePath::new("github.com/gomods/athens")?),
+        )
+        .await
+        .map_err(|e| Error::unavailable(format!("storage: {e}")))?;
+        for (name, channel) in &s.remotes {
+            let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+            let req = tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            };
+            let status = tokio::time::timeout(d.left(), client.check(req))
+                .await
+                .map_err(|_| Error::unavailable(format!("{name}: health check timed out")))?
+                .map_err(|e| Error::unavailable(format!("{name}: {}", e.message())))?
+                .into_inner()
+                .status;
+            if status != tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+                return Err(Error::unavailable(format!("{name}: not serving")));
+            }
+        }
+        Ok(())
+    }
+
+    /// A query through the cache, holding an upstream slot while it runs.
+    async fn query(&self, key: QueryKey, deadline: Deadline) -> Result<QueryValue> {
+        let this = self.clone();
+        let k = key.clone();
+        self.inner
+            .queries
+            .get(key, async move {
+                let f = &this.inner.services.fetcher;
+                let _slot = this.slot(deadline).await?;
+                match k {
+                    QueryKey::List(m) => deadline
+                        .run("upstream list", f.list(&m))
+                        .await
+                        .map(QueryValue::List),
+                    QueryKey::Query(c) => deadline
+                        .run("upstream query", f.query(&c))
+                        .await
+                        .map(QueryValue::Info),
+                }
+            })
+            .await
+    }
+
+    /// Takes an upstream worker slot, waiting at most until `deadline`.
+    async fn slot(&self, deadline: Deadline) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        tokio::time::timeout(deadline.left(), self.inner.upstream.acquire())
+            .await
+            .map_err(|_| Error::timeout("no upstream worker free in time"))?
+            .map_err(|_| Error::internal("upstream pool closed"))
+    }
+
+    /// Resolves a version query to a canonical version.
+    async fn resolve(&self, c: &Coordinates) -> Result<Coordinates> {
+        if c.version.is_canonical() {
+            return Ok(c.clone());
+        }
+        let (info, _) = self.info(c).await?;
+        let version = info_version(&info)?;
+        Ok(Coordinates {
+            module: c.module.clone(),
+            version,
+        })
+    }
+
+    /// Reads from storage, fetching on a miss.
+    async fn read_through<T, F, Fut>(&self, c: &Coordinates, read: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let d = Deadline::after(self.inner.settings.timeout);
+        match d.run("storage read", read()).await {
+            Err(e) if e.is(ErrorKind::NotFound) => {
+                self.ensure(c).await?;
+                Deadline::after(self.inner.settings.timeout)
+                    .run("storage read", read())
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// Makes sure a canonical version is stored: one fetch per version
+    /// however many requests and gateways ask at once.
+    async fn ensure(&self, c: &Coordinates) -> Result<()> {
+        let flight = {
+            let mut map = self
+                .inner
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match map.get(c) {
+                Some(f) => f.clone(),
+                None => {
+                    let this = self.clone();
+                    let key = c.clone();
+                    let rid = request_id::current().unwrap_or_else(request_id::generate);
+                    let deadline = Deadline::after(self.inner.settings.timeout);
+                    let entry = FlightEntry {
+                        inner: self.inner.clone(),
+                        key: key.clone(),
+                    };
+                    let task = tokio::spawn(request_id::scope(rid, async move {
+                        let _entry = entry;
+                        this.fetch_once(&key, deadline).await
+                    }));
+                    let f: Flight = async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(Error::internal(format!("fetch task failed: {e}")))
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    map.insert(c.clone(), f.clone());
+                    f
+                }
+            }
+        };
+        flight.await
+    }
+
+    async fn fetch_once(&self, c: &Coordinates, deadline: Deadline) -> Result<()> {
+        let s = &self.inner.services;
+        let started = Instant::now();
+        // The local slot first: never hold the cluster lock while queueing.
+        let _slot = self.slot(deadline).await?;
+        let guard = modmesh_lock::hold(
+            s.lock.clone(),
+            &c.key(),
+            self.inner.settings.lock_ttl,
+            deadline.left(),
+        )
+        .await?;
+        let result = async {
+            if deadline.run("storage exists", s.storage.exists(c)).await? {
+                tracing::debug!(%c, "stored by another holder while waiting");
+                return Ok(());
+            }
+            let fetched = tokio::select! {
+                r = deadline.run("upstream download", s.fetcher.download(c)) => r?,
+                _ = guard.lost() => {
+                    tracing::warn!(%c, "single-flight lease lost during the fetch; stopping it");
+                    return Err(Error::unavailable(format!("{c}: single-flight lease lost during the fetch")));
+                }
+            };
+            if fetched.version != c.version {
+                tracing::warn!(%c, resolved = %fetched.version, "fetch resolved to another version");
+            }
+            tracing::info!(%c, ms = started.elapsed().as_millis() as u64, "fetched and stored");
+            Ok(())
+        }
+        .await;
+        if let Err(e) = guard.release().await {
+            tracing::warn!(%c, error = %e, "lock release failed");
+        }
+        result
+    }
+}
+
+/// Whether an answer never changes (a canonical version's file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Immutable(pub bool);
+
+fn info_version(info: &[u8]) -> Result<Version> {
+    #[derive(serde::Deserialize)]
+    struct Info {
+        #[serde(rename = "Version")]
+        version: String,
+    }
+    let i: Info = serde_json::from_slice(info)
+        .map_err(|e| Error::unavailable(format!("upstream info is not JSON: {e}")))?;
+    Version::new(i.version)
+}
+
+/// An upstream question.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum QueryKey {
+    /// The module's version list.
+    List(ModulePath),
+    /// A version query (`latest`, a branch, a prefix).
+    Query(Coordinates),
+}
+
+/// An upstream answer.
+#[derive(Debug, Clone)]
+pub enum QueryValue {
+    /// Versions.
+    List(Vec<String>),
+    /// A `.info` document.
+    Info(Bytes),
+}
+
+type Answer = Result<QueryValue>;
+
+/// Upstream answers by question: concurrent identical questions share one
+/// call; answers live `ttl`, "not found" (and "gone") `negative_ttl`, and
+/// failures not at all.
+pub struct QueryCache {
+    cache: moka::future::Cache<QueryKey, Answer>,
+}
+
+struct AnswerExpiry {
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl moka::Expiry<QueryKey, Answer> for AnswerExpiry {
+    fn expire_after_create(
+        &self,
+        _: &QueryKey,
+        v: &Answer,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(match v {
+            Ok(_) => self.ttl,
+            Err(e) if e.is(ErrorKind::NotFound) || e.is(ErrorKind::Gone) => self.negative_ttl,
+            Err(_) => Duration::ZERO,
+        })
+    }
+}
+
+impl QueryCache {
+    /// A cache keeping answers `ttl` and "not found" `negative_ttl`.
+    pub fn new(ttl: Duration, negative_ttl: Duration) -> Self {
+        QueryCache {
+            cache: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .expire_after(AnswerExpiry { ttl, negative_ttl })
+                .build(),
+        }
+    }
+
+    /// The answer to `key`, asking `ask` unless a fresh answer is kept or
+    /// the same question is already being asked.
+    pub async fn get(
+        &self,
+        key: QueryKey,
+        ask: impl std::future::Future<Output = Answer> + Send + 'static,
+    ) -> Answer {
+        let answer = self.cache.get_with(key.clone(), ask).await;
+        if matches!(&answer, Err(e) if !(e.is(ErrorKind::NotFound) || e.is(ErrorKind::Gone))) {
+            self.cache.invalidate(&key).await;
+        }
+        answer
+    }
+}
