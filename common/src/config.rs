@@ -150,6 +150,9 @@ pub struct Config {
     /// The environment, for [`Config::section`].
     #[serde(skip)]
     env: Option<EnvSource>,
+    /// Key paths of the file some section has read, for [`Config::unread_keys`].
+    #[serde(skip)]
+    read: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl std::fmt::Debug for Config {
@@ -186,6 +189,7 @@ impl Default for Config {
             FetcherSvcURL: String::new(),
             file: toml::Table::new(),
             env: None,
+            read: Default::default(),
         }
     }
 }
@@ -350,14 +354,30 @@ impl Config {
                 insert(&mut table, e.key, value);
             }
         }
-        let mut v: T = from_table(T::PATH, toml::Value::Table(table))?;
+        let mut ignored = Vec::new();
+        let mut v: T = from_table_noting(T::PATH, toml::Value::Table(table), &mut ignored)?;
+        if let Some(file_table) = lookup(&self.file, T::PATH) {
+            let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+            for key in leaf_keys(&file_table, "") {
+                if !T::PATH.is_empty() || !key.contains('.') {
+                    let unused = ignored
+                        .iter()
+                        .any(|i| key == *i || key.starts_with(&format!("{i}.")));
+                    if !unused {
+                        read.insert(join(T::PATH, &key));
+                    }
+                }
+            }
+        }
         if T::PATH.is_empty() {
             // `Config` carries the file and environment on to its sections.
             let any: &mut dyn std::any::Any = &mut v;
             if let Some(c) = any.downcast_mut::<Config>() {
                 c.file = self.file.clone();
                 c.env = self.env.clone();
+                c.read = self.read.clone();
                 c.normalize();
+                c.check_misplaced()?;
             }
         }
         v.validate()?;
@@ -377,6 +397,63 @@ impl Config {
         if self.LogFormat.trim().is_empty() {
             self.LogFormat = "plain".into();
         }
+    }
+
+    /// Keys of the file that no section read so far, as full TOML paths,
+    /// among those under `tables` (table paths such as `Storage`; `""` for
+    /// the top level's own keys). A binary calls it once it has built
+    /// everything, naming the tables it is responsible for, and warns of
+    /// each: such a key does nothing in this build.
+    pub fn unread_keys(&self, tables: &[&str]) -> Vec<String> {
+        let read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        leaf_keys(&self.file, "")
+            .into_iter()
+            .filter(|k| !read.contains(k))
+            .filter(|k| {
+                tables.iter().any(|t| {
+                    if t.is_empty() {
+                        !k.contains('.')
+                    } else {
+                        k.starts_with(&format!("{t}."))
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Keys of the mesh's top level that sit inside a table: TOML puts every
+    /// key after a `[table]` header into that table, so a `StorageSvcURL`
+    /// written below `[Storage.Disk]` would silently do nothing.
+    fn check_misplaced(&self) -> Result<(), ConfigError> {
+        const TOP_ONLY: &[&str] = &[
+            "StorageSvcListen",
+            "LockSvcListen",
+            "FetcherSvcListen",
+            "StorageSvcURL",
+            "LockSvcURL",
+            "FetcherSvcURL",
+            "StorageType",
+            "SingleFlightType",
+            "ProtocolWorkers",
+            "GoGetWorkers",
+            "LogLevel",
+            "LogFormat",
+        ];
+        for key in leaf_keys(&self.file, "") {
+            if let Some((table, name)) = key.rsplit_once('.') {
+                if TOP_ONLY.contains(&name) {
+                    return Err(err(
+                        &key,
+                        format!(
+                            "{name} is a top-level key but sits inside [{table}] (TOML puts every \
+                             key after a [table] header into that table): move it above the first \
+                             [table] header"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Checks every top-level key.
@@ -435,6 +512,48 @@ fn parse_table(text: &str) -> Result<toml::Table, ConfigError> {
             .filter(|k| !k.is_empty())
             .unwrap_or_else(|| "config file".into());
         err(&key, e.message().to_string())
+    })
+}
+
+/// `path.key`, or `key` for the top level.
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Every leaf key of `t` as a dotted path under `prefix` (an array of tables
+/// counts as one leaf).
+fn leaf_keys(t: &toml::Table, prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in t {
+        let path = join(prefix, k);
+        match v {
+            toml::Value::Table(inner) if !inner.is_empty() => out.extend(leaf_keys(inner, &path)),
+            _ => out.push(path),
+        }
+    }
+    out
+}
+
+/// As [`from_table`], noting the keys the struct has no field for.
+fn from_table_noting<T: DeserializeOwned>(
+    path: &str,
+    value: toml::Value,
+    ignored: &mut Vec<String>,
+) -> Result<T, ConfigError> {
+    let mut note = |p: serde_ignored::Path<'_>| ignored.push(p.to_string());
+    let de = serde_ignored::Deserializer::new(value, &mut note);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let inner = e.path().to_string();
+        let key = match (path.is_empty(), inner == ".") {
+            (true, _) => inner,
+            (false, true) => path.to_string(),
+            (false, false) => format!("{path}.{inner}"),
+        };
+        err(&key, e.into_inner().to_string())
     })
 }
 
@@ -699,6 +818,27 @@ mod tests {
             .section::<Sample>()
             .unwrap_err();
         assert_eq!(e.key, "S_INSECURE", "{e}");
+    }
+
+    #[test]
+    fn unread_and_misplaced_keys_are_reported_by_full_path() {
+        let text = "Port = \":1\"\nFilterFile = \"f\"\n[Storage.Sample]\nRootPath = \"/a\"\nTypo = 1\n[Storage.Other]\nX = 1\n[SingleFlight.Etcd]\nEndpoints = \"e\"\n";
+        let c = Config::from_text(text, &[]).unwrap();
+        let _: Sample = c.section().unwrap();
+        let mut unread = c.unread_keys(&["", "Storage"]);
+        unread.sort();
+        assert_eq!(
+            unread,
+            ["FilterFile", "Storage.Other.X", "Storage.Sample.Typo"]
+        );
+        assert!(c.unread_keys(&["SingleFlight"]) == ["SingleFlight.Etcd.Endpoints"]);
+        // A mesh key below a table header is an error naming its full path.
+        let e = Config::from_text(
+            "[Storage.Disk]\nRootPath = \"/x\"\nStorageSvcURL = \"http://s:1\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "Storage.Disk.StorageSvcURL", "{e}");
     }
 
     #[test]

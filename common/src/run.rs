@@ -31,3 +31,23 @@ pub async fn bind(component: &str, key: &str, listen: &str, default: &str) -> Tc
         .await
         .unwrap_or_else(|e| fail(component, 1, format!("{key}: cannot listen on {addr}: {e}")))
 }
+
+/// Exits for a failure to build a service from the configuration: 2 when
+/// the configuration is at fault (`Invalid`), 1 otherwise.
+pub fn fail_build(component: &str, e: modmesh_proto::Error) -> ! {
+    let code = if e.is(modmesh_proto::ErrorKind::Invalid) {
+        2
+    } else {
+        1
+    };
+    fail(component, code, e)
+}
+
+/// Warns of every key of the file under `tables` (see
+/// [`Config::unread_keys`]) that nothing in this binary read: it does
+/// nothing here, and is most likely a typo or a key this build ignores.
+pub fn report_unread(cfg: &Config, tables: &[&str]) {
+    for key in cfg.unread_keys(tables) {
+        tracing::warn!(key = %key, "config key not used by this build; ignored");
+    }
+}

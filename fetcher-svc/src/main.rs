@@ -16,7 +16,7 @@ async fn main() {
     const NAME: &str = "fetcher-svc";
     let cfg = run::start(NAME);
     let storage: Arc<dyn Storage> = if cfg.StorageSvcURL.is_empty() {
-        modmesh_storage::from_config(&cfg).unwrap_or_else(|e| run::fail(NAME, 1, e))
+        modmesh_storage::from_config(&cfg).unwrap_or_else(|e| run::fail_build(NAME, e))
     } else {
         Arc::new(StorageClient::new(&cfg.StorageSvcURL).unwrap_or_else(|e| run::fail(NAME, 2, e)))
     };

@@ -147,12 +147,27 @@ async fn version() -> Response {
 
 /// The gateway's router with its layers (request ids and request logs, panics).
 pub fn router(state: AppState) -> Router {
+    // A backstop: the module service bounds every operation by `Timeout`
+    // itself; nothing a handler does may outlive that by more than a little.
+    let backstop = state.service.timeout() + std::time::Duration::from_secs(5);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/version", get(version))
         .fallback(proxy)
         .with_state(state)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    |e: tower::BoxError| async move {
+                        HttpError(modmesh_proto::Error::timeout(format!(
+                            "request not answered in time: {e}"
+                        )))
+                        .into_response()
+                    },
+                ))
+                .layer(tower::timeout::TimeoutLayer::new(backstop)),
+        )
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(request_id::RequestIdLayer::new("gateway"))
 }

@@ -11,7 +11,7 @@ use modmesh_gateway::{router, wire, AppState};
 async fn main() {
     const NAME: &str = "gateway";
     let cfg = run::start(NAME);
-    let (services, embedded) = wire::services(&cfg).unwrap_or_else(|e| run::fail(NAME, 2, e));
+    let (services, embedded) = wire::services(&cfg).unwrap_or_else(|e| run::fail_build(NAME, e));
 
     // One signal stops every server of this process.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -48,6 +48,12 @@ async fn main() {
     tracing::info!(%addr, storage = %cfg.StorageType, "gateway listening");
     let state = AppState::from_config(services, &cfg).unwrap_or_else(|e| run::fail(NAME, 2, e));
     let app = router(state);
+    // An embedded gateway reads every table; a gateway of a mesh only its own.
+    if cfg.StorageSvcURL.is_empty() && cfg.LockSvcURL.is_empty() && cfg.FetcherSvcURL.is_empty() {
+        run::report_unread(&cfg, &["", "Storage", "SingleFlight"]);
+    } else {
+        run::report_unread(&cfg, &[""]);
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(stopped())
         .await

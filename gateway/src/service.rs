@@ -200,6 +200,11 @@ impl ModuleService {
         }
     }
 
+    /// The deadline of one operation (`Timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.inner.settings.timeout
+    }
+
     /// The services behind it.
     pub fn services(&self) -> &Services {
         &self.inner.services

@@ -220,3 +220,38 @@ fn processes_under(dir: &std::path::Path) -> Vec<u32> {
         })
         .collect()
 }
+
+/// Every example config loads, and wires what it says: the mesh file names
+/// every service's URL at the top level (not inside a table, where TOML would
+/// put keys written after a table header), and no key of it goes unread.
+#[test]
+fn every_example_config_loads_and_wires_what_it_says() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        seen += 1;
+        let cfg = modmesh_common::Config::load(Some(&path), |_| None)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // What the storage backend reads of it.
+        let _: modmesh_storage::backends::disk::DiskConfig = cfg.section().unwrap();
+        let _: modmesh_gateway::service::GatewayConfig = cfg.section().unwrap();
+        let unread = cfg.unread_keys(&["", "Storage", "SingleFlight"]);
+        assert!(
+            unread.is_empty(),
+            "{}: unread keys {unread:?}",
+            path.display()
+        );
+        if path.ends_with("mesh.toml") {
+            assert_eq!(cfg.StorageSvcURL, "http://storage-svc:50051");
+            assert_eq!(cfg.LockSvcURL, "http://lock-svc:50052");
+            assert_eq!(cfg.FetcherSvcURL, "http://fetcher-svc:50053");
+            assert_eq!(cfg.StorageSvcListen, "0.0.0.0:50051");
+            assert_eq!(cfg.StorageType, "disk");
+        }
+    }
+    assert!(seen > 0, "no example configs in {}", dir.display());
+}

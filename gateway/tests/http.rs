@@ -337,6 +337,19 @@ mod scripted {
         pub stall: Duration,
         /// Each download waits until this is notified (if set).
         pub gate: Option<Arc<tokio::sync::Semaphore>>,
+        /// Upstream list and query calls, by module path.
+        pub asked: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    }
+
+    impl Scripted {
+        fn ask(&self, m: &ModulePath) {
+            *self
+                .asked
+                .lock()
+                .unwrap()
+                .entry(m.as_str().to_string())
+                .or_default() += 1;
+        }
     }
 
     #[async_trait]
@@ -368,10 +381,18 @@ mod scripted {
                 info,
             })
         }
-        async fn list(&self, _: &ModulePath) -> Result<Vec<String>> {
+        /// Every module whose path ends in `/sub` is not a module.
+        async fn list(&self, m: &ModulePath) -> Result<Vec<String>> {
+            self.ask(m);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if m.as_str().ends_with("/sub") {
+                return Err(Error::not_found(format!("{m}: not a module")));
+            }
             Ok(Vec::new())
         }
         async fn query(&self, c: &Coordinates) -> Result<Bytes> {
+            self.ask(&c.module);
+            tokio::time::sleep(Duration::from_millis(50)).await;
             Err(Error::not_found(format!("{c}: no queries here")))
         }
     }
@@ -401,6 +422,7 @@ fn scripted(
         panic_on: None,
         stall: Duration::ZERO,
         gate: None,
+        asked: Default::default(),
     };
     tune(&mut f);
     let fetcher = Arc::new(f);
@@ -561,4 +583,34 @@ fn server_paths_never_reach_an_error_body() {
     let text = String::from_utf8_lossy(&body);
     assert!(!text.contains("/srv/athens"), "{text}");
     assert!(text.contains("EIO"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_probes_for_non_modules_asks_the_upstream_once_per_path() {
+    let s = scripted(Default::default(), |_| {});
+    let paths: Vec<String> = (0..100).map(|i| format!("example.com/m{i}/sub")).collect();
+    let mut tasks = Vec::new();
+    for round in 0..10 {
+        for p in &paths {
+            let app = s.app.clone();
+            let uri = if round % 2 == 0 {
+                path(p, "@v/list")
+            } else {
+                path(p, "@latest")
+            };
+            tasks.push(tokio::spawn(async move { get(&app, &uri).await.status }));
+        }
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::NOT_FOUND);
+    }
+    let asked = s.fetcher.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 100, "{asked:?}");
+    // One list and one @latest question per path, however many probes.
+    for (p, n) in &asked {
+        assert!(*n <= 2, "{p} asked upstream {n} times");
+    }
+    // Later probes are answered from the negative cache.
+    get(&s.app, &path(&paths[0], "@v/list")).await;
+    assert_eq!(s.fetcher.asked.lock().unwrap()[&paths[0]], asked[&paths[0]]);
 }

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 async fn main() {
     const NAME: &str = "lock-svc";
     let cfg = run::start(NAME);
-    let lock = modmesh_lock::from_config(&cfg).unwrap_or_else(|e| run::fail(NAME, 2, e));
+    let lock = modmesh_lock::from_config(&cfg).unwrap_or_else(|e| run::fail_build(NAME, e));
+    run::report_unread(&cfg, &["SingleFlight"]);
     let listener = run::bind(NAME, "LockSvcListen", &cfg.LockSvcListen, ":50052").await;
     tracing::info!(driver = %cfg.SingleFlightType, "lock-svc starting");
 

@@ -14,7 +14,8 @@ use modmesh_common::{run, server, shutdown};
 async fn main() {
     const NAME: &str = "storage-svc";
     let cfg = run::start(NAME);
-    let storage = modmesh_storage::from_config(&cfg).unwrap_or_else(|e| run::fail(NAME, 1, e));
+    let storage = modmesh_storage::from_config(&cfg).unwrap_or_else(|e| run::fail_build(NAME, e));
+    run::report_unread(&cfg, &["Storage"]);
     let listener = run::bind(NAME, "StorageSvcListen", &cfg.StorageSvcListen, ":50051").await;
     tracing::info!(storage_type = %cfg.StorageType, "storage-svc starting");
     server::serve_grpc(
