@@ -8,7 +8,7 @@
 
 use crate::error::HttpError;
 use crate::route::{self, Route};
-use crate::service::{Immutable, ModuleService};
+use crate::service::{Answer, Immutable, ModuleService};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -61,17 +61,50 @@ async fn list(state: &AppState, m: &ModulePath) -> Result<Response> {
     Ok(respond(body.into(), TEXT, NO_CACHE))
 }
 
-async fn info(state: &AppState, c: &Coordinates) -> Result<Response> {
-    let (info, Immutable(immutable)) = state.service.info(c).await?;
-    Ok(respond(
-        info,
-        JSON,
-        if immutable { IMMUTABLE } else { NO_CACHE },
-    ))
+/// A 301 to `base` plus the request's path (Athens' redirect modes).
+fn redirect(base: &str, path: &str) -> Response {
+    let location = format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    );
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            let mut r = Response::new(Body::empty());
+            *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+            r.headers_mut().insert(header::LOCATION, v);
+            r
+        }
+        Err(_) => HttpError(modmesh_proto::Error::internal(
+            "redirect URL is not a header value",
+        ))
+        .into_response(),
+    }
 }
 
-async fn zip(state: &AppState, c: &Coordinates, head: bool) -> Result<Response> {
-    let zip = state.service.zip(c).await?;
+async fn info(state: &AppState, c: &Coordinates, path: &str) -> Result<Response> {
+    match state.service.info(c).await? {
+        Answer::Ready((info, Immutable(immutable))) => Ok(respond(
+            info,
+            JSON,
+            if immutable { IMMUTABLE } else { NO_CACHE },
+        )),
+        Answer::Redirect(base) => Ok(redirect(&base, path)),
+    }
+}
+
+async fn go_mod(state: &AppState, c: &Coordinates, path: &str) -> Result<Response> {
+    match state.service.go_mod(c).await? {
+        Answer::Ready(m) => Ok(respond(m, TEXT, IMMUTABLE)),
+        Answer::Redirect(base) => Ok(redirect(&base, path)),
+    }
+}
+
+async fn zip(state: &AppState, c: &Coordinates, head: bool, path: &str) -> Result<Response> {
+    let zip = match state.service.zip(c).await? {
+        Answer::Ready(z) => z,
+        Answer::Redirect(base) => return Ok(redirect(&base, path)),
+    };
     let size = zip.size;
     let body = if head {
         drop(zip.stream);
@@ -114,13 +147,9 @@ async fn proxy(State(state): State<AppState>, req: Request) -> Response {
             .latest(&m)
             .await
             .map(|i| respond(i, JSON, NO_CACHE)),
-        Ok(Route::Info(c)) => info(&state, &c).await,
-        Ok(Route::Mod(c)) => state
-            .service
-            .go_mod(&c)
-            .await
-            .map(|m| respond(m, TEXT, IMMUTABLE)),
-        Ok(Route::Zip(c)) => zip(&state, &c, head).await,
+        Ok(Route::Info(c)) => info(&state, &c, req.uri().path()).await,
+        Ok(Route::Mod(c)) => go_mod(&state, &c, req.uri().path()).await,
+        Ok(Route::Zip(c)) => zip(&state, &c, head, req.uri().path()).await,
     };
     result.unwrap_or_else(|e| HttpError(e).into_response())
 }

@@ -13,6 +13,7 @@
 
 pub mod app;
 pub mod error;
+pub mod modes;
 pub mod route;
 pub mod service;
 pub mod wire;

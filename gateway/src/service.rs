@@ -28,6 +28,7 @@
 //! upstream are never cached; `list` and `@latest` then answer from what
 //! storage holds.
 
+use crate::modes::{DownloadPolicy, Mode, ModesConfig, NetworkMode};
 use crate::wire::Services;
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -101,18 +102,25 @@ pub struct Settings {
     pub query_ttl: Duration,
     /// How long upstream "not found" answers are reused.
     pub negative_ttl: Duration,
+    /// What `list` and `@latest` do with the upstream.
+    pub network: NetworkMode,
+    /// What a miss does, per module.
+    pub downloads: DownloadPolicy,
 }
 
 impl Settings {
     /// The settings the configuration names.
     pub fn from_config(cfg: &modmesh_common::Config) -> std::result::Result<Self, ConfigError> {
         let g: GatewayConfig = cfg.section()?;
+        let modes: ModesConfig = cfg.section()?;
         Ok(Settings {
             protocol_workers: cfg.ProtocolWorkers,
             timeout: cfg.timeout(),
             lock_ttl: Duration::from_secs(g.LockTTL),
             query_ttl: Duration::from_secs(g.ListCacheTTL),
             negative_ttl: Duration::from_secs(g.NegativeCacheTTL),
+            network: modes.network_mode()?,
+            downloads: modes.download_policy()?,
         })
     }
 }
@@ -126,6 +134,27 @@ impl Default for Settings {
             lock_ttl: Duration::from_secs(g.LockTTL),
             query_ttl: Duration::from_secs(g.ListCacheTTL),
             negative_ttl: Duration::from_secs(g.NegativeCacheTTL),
+            network: NetworkMode::Strict,
+            downloads: DownloadPolicy::default(),
+        }
+    }
+}
+
+/// An answer for a version's file: here it is, or fetch it from elsewhere.
+#[derive(Debug)]
+pub enum Answer<T> {
+    /// The file.
+    Ready(T),
+    /// Not served here: redirect the client to this base URL plus the
+    /// request path (a redirect download mode).
+    Redirect(String),
+}
+
+impl<T> Answer<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Answer<U> {
+        match self {
+            Answer::Ready(t) => Answer::Ready(f(t)),
+            Answer::Redirect(u) => Answer::Redirect(u),
         }
     }
 }
@@ -212,28 +241,49 @@ impl ModuleService {
 
     /// Versions of `m`: the upstream's releases merged with what storage
     /// holds (pseudo-versions left out), in semantic-version order. When the
-    /// upstream fails and storage holds versions, those are the answer.
+    /// upstream does not know the module (or is not asked, offline; or
+    /// fails, in fallback), what storage holds is the answer.
     pub async fn list(&self, m: &ModulePath) -> Result<Vec<String>> {
         let s = &self.inner.services;
         let deadline = Deadline::after(self.inner.settings.timeout);
+        let network = self.inner.settings.network;
         let key = QueryKey::List(m.clone());
-        let (stored, upstream) = tokio::join!(
-            deadline.run("storage list", s.storage.list(m)),
-            self.query(key, deadline)
-        );
-        let stored: Vec<String> = stored?
-            .into_iter()
+        let upstream = async {
+            if network == NetworkMode::Offline {
+                return Err(Error::not_found(format!("{m}: offline: storage only")));
+            }
+            self.query(key, deadline).await
+        };
+        let (stored, upstream) =
+            tokio::join!(deadline.run("storage list", s.storage.list(m)), upstream);
+        let stored = stored?;
+        let releases: Vec<String> = stored
+            .iter()
             .filter(|v| !is_pseudo_version(v))
+            .cloned()
             .collect();
         let mut versions = match upstream {
             Ok(QueryValue::List(mut up)) => {
-                up.extend(stored);
+                up.extend(releases);
                 up
             }
             Ok(QueryValue::Info(_)) => return Err(Error::internal("list answered with info")),
-            Err(e) if !stored.is_empty() => {
+            // The upstream does not know it (or is not asked): what is stored
+            // is the answer; only pseudo-versions stored means those.
+            Err(e) if e.is(ErrorKind::NotFound) && !stored.is_empty() => {
+                if releases.is_empty() {
+                    stored
+                } else {
+                    releases
+                }
+            }
+            Err(e) if network == NetworkMode::Fallback && !stored.is_empty() => {
                 tracing::info!(module = %m, error = %e, "upstream list failed; serving the stored list");
-                stored
+                if releases.is_empty() {
+                    stored
+                } else {
+                    releases
+                }
             }
             Err(e) => return Err(e),
         };
@@ -242,20 +292,31 @@ impl ModuleService {
         Ok(versions)
     }
 
-    /// The `@latest` `.info`: the upstream's answer, or when the upstream
-    /// cannot answer, the stored version the go command would pick (the
-    /// highest release, else pre-release, else the newest pseudo-version).
+    /// The `@latest` `.info`: the upstream's answer; or, when the upstream
+    /// does not know the module (or is not asked, offline; or fails, in
+    /// fallback), the stored version the go command would pick (the highest
+    /// release, else pre-release, else the newest pseudo-version).
     pub async fn latest(&self, m: &ModulePath) -> Result<Bytes> {
         let deadline = Deadline::after(self.inner.settings.timeout);
         let latest = Coordinates {
             module: m.clone(),
             version: Version::new("latest")?,
         };
-        let e = match self.query(QueryKey::Query(latest), deadline).await {
-            Ok(QueryValue::Info(info)) => return Ok(info),
-            Ok(QueryValue::List(_)) => return Err(Error::internal("latest answered with a list")),
-            Err(e) => e,
+        let network = self.inner.settings.network;
+        let e = if network == NetworkMode::Offline {
+            Error::not_found(format!("{m}: offline: storage only"))
+        } else {
+            match self.query(QueryKey::Query(latest), deadline).await {
+                Ok(QueryValue::Info(info)) => return Ok(info),
+                Ok(QueryValue::List(_)) => {
+                    return Err(Error::internal("latest answered with a list"))
+                }
+                Err(e) => e,
+            }
         };
+        if network == NetworkMode::Strict && !e.is(ErrorKind::NotFound) {
+            return Err(e);
+        }
         let storage = &self.inner.services.storage;
         let stored = deadline.run("storage list", storage.list(m)).await?;
         let rank = |v: &str| match (v.contains('-'), is_pseudo_version(v)) {
@@ -282,31 +343,36 @@ impl ModuleService {
     /// The `.info` of `c`. For a canonical version it is the stored file
     /// (fetched on a miss) and never changes; for a query (`master`, `v1`)
     /// it is the upstream's current answer. The flag says which.
-    pub async fn info(&self, c: &Coordinates) -> Result<(Bytes, Immutable)> {
+    pub async fn info(&self, c: &Coordinates) -> Result<Answer<(Bytes, Immutable)>> {
         if !c.version.is_canonical() {
-            let deadline = Deadline::after(self.inner.settings.timeout);
-            return match self.query(QueryKey::Query(c.clone()), deadline).await? {
-                QueryValue::Info(info) => Ok((info, Immutable(false))),
-                QueryValue::List(_) => Err(Error::internal("query answered with a list")),
-            };
+            return Ok(Answer::Ready((self.query_info(c).await?, Immutable(false))));
         }
         let storage = &self.inner.services.storage;
         let info = self.read_through(c, || storage.info(c)).await?;
-        Ok((info, Immutable(true)))
+        Ok(info.map(|i| (i, Immutable(true))))
     }
 
     /// The go.mod of `c` (a query is resolved first).
-    pub async fn go_mod(&self, c: &Coordinates) -> Result<Bytes> {
+    pub async fn go_mod(&self, c: &Coordinates) -> Result<Answer<Bytes>> {
         let c = self.resolve(c).await?;
         let storage = &self.inner.services.storage;
         self.read_through(&c, || storage.go_mod(&c)).await
     }
 
     /// The zip of `c` (a query is resolved first), streamed from storage.
-    pub async fn zip(&self, c: &Coordinates) -> Result<ZipReader> {
+    pub async fn zip(&self, c: &Coordinates) -> Result<Answer<ZipReader>> {
         let c = self.resolve(c).await?;
         let storage = &self.inner.services.storage;
         self.read_through(&c, || storage.zip(&c)).await
+    }
+
+    /// The upstream's `.info` for a version query.
+    async fn query_info(&self, c: &Coordinates) -> Result<Bytes> {
+        let deadline = Deadline::after(self.inner.settings.timeout);
+        match self.query(QueryKey::Query(c.clone()), deadline).await? {
+            QueryValue::Info(info) => Ok(info),
+            QueryValue::List(_) => Err(Error::internal("query answered with a list")),
+        }
     }
 
     /// Whether every service answers its health check, each within a
@@ -375,7 +441,7 @@ impl ModuleService {
         if c.version.is_canonical() {
             return Ok(c.clone());
         }
-        let (info, _) = self.info(c).await?;
+        let info = self.query_info(c).await?;
         let version = info_version(&info)?;
         Ok(Coordinates {
             module: c.module.clone(),
@@ -383,22 +449,50 @@ impl ModuleService {
         })
     }
 
-    /// Reads from storage, fetching on a miss.
-    async fn read_through<T, F, Fut>(&self, c: &Coordinates, read: F) -> Result<T>
+    /// Reads from storage; on a miss, does what the download mode says.
+    async fn read_through<T, F, Fut>(&self, c: &Coordinates, read: F) -> Result<Answer<T>>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
         let d = Deadline::after(self.inner.settings.timeout);
         match d.run("storage read", read()).await {
-            Err(e) if e.is(ErrorKind::NotFound) => {
-                self.ensure(c).await?;
-                Deadline::after(self.inner.settings.timeout)
-                    .run("storage read", read())
-                    .await
-            }
-            other => other,
+            Err(e) if e.is(ErrorKind::NotFound) => {}
+            other => return other.map(Answer::Ready),
         }
+        let (mode, url) = self.inner.settings.downloads.for_module(c.module.as_str());
+        let url = url.to_string();
+        match mode {
+            Mode::Sync => {}
+            Mode::None => {
+                return Err(Error::not_found(format!(
+                    "{c}: not stored, and the download mode fetches nothing"
+                )))
+            }
+            Mode::Redirect => return Ok(Answer::Redirect(url)),
+            Mode::Async | Mode::AsyncRedirect => {
+                // The fetch goes on in its own task; a later request finds it.
+                let this = self.clone();
+                let key = c.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = this.ensure(&key).await {
+                        tracing::warn!(c = %key, error = %e, "background fetch failed");
+                    }
+                });
+                return if mode == Mode::Async {
+                    Err(Error::not_found(format!(
+                        "{c}: not stored yet; fetching it in the background, ask again soon"
+                    )))
+                } else {
+                    Ok(Answer::Redirect(url))
+                };
+            }
+        }
+        self.ensure(c).await?;
+        Deadline::after(self.inner.settings.timeout)
+            .run("storage read", read())
+            .await
+            .map(Answer::Ready)
     }
 
     /// Makes sure a canonical version is stored: one fetch per version
@@ -511,13 +605,13 @@ pub enum QueryValue {
     Info(Bytes),
 }
 
-type Answer = Result<QueryValue>;
+type QueryAnswer = Result<QueryValue>;
 
 /// Upstream answers by question: concurrent identical questions share one
 /// call; answers live `ttl`, "not found" (and "gone") `negative_ttl`, and
 /// failures not at all.
 pub struct QueryCache {
-    cache: moka::future::Cache<QueryKey, Answer>,
+    cache: moka::future::Cache<QueryKey, QueryAnswer>,
 }
 
 struct AnswerExpiry {
@@ -525,11 +619,11 @@ struct AnswerExpiry {
     negative_ttl: Duration,
 }
 
-impl moka::Expiry<QueryKey, Answer> for AnswerExpiry {
+impl moka::Expiry<QueryKey, QueryAnswer> for AnswerExpiry {
     fn expire_after_create(
         &self,
         _: &QueryKey,
-        v: &Answer,
+        v: &QueryAnswer,
         _: std::time::Instant,
     ) -> Option<Duration> {
         Some(match v {
@@ -556,8 +650,8 @@ impl QueryCache {
     pub async fn get(
         &self,
         key: QueryKey,
-        ask: impl std::future::Future<Output = Answer> + Send + 'static,
-    ) -> Answer {
+        ask: impl std::future::Future<Output = QueryAnswer> + Send + 'static,
+    ) -> QueryAnswer {
         let answer = self.cache.get_with(key.clone(), ask).await;
         if matches!(&answer, Err(e) if !(e.is(ErrorKind::NotFound) || e.is(ErrorKind::Gone))) {
             self.cache.invalidate(&key).await;

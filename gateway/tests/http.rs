@@ -339,6 +339,8 @@ mod scripted {
         pub gate: Option<Arc<tokio::sync::Semaphore>>,
         /// Upstream list and query calls, by module path.
         pub asked: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+        /// While set, list and query fail as an unreachable upstream does.
+        pub down: std::sync::atomic::AtomicBool,
     }
 
     impl Scripted {
@@ -381,19 +383,39 @@ mod scripted {
                 info,
             })
         }
-        /// Every module whose path ends in `/sub` is not a module.
+        /// The module's list file; every path ending in `/sub` is not a
+        /// module.
         async fn list(&self, m: &ModulePath) -> Result<Vec<String>> {
             self.ask(m);
             tokio::time::sleep(Duration::from_millis(50)).await;
-            if m.as_str().ends_with("/sub") {
-                return Err(Error::not_found(format!("{m}: not a module")));
+            if self.down.load(Ordering::SeqCst) {
+                return Err(Error::unavailable("upstream unreachable"));
             }
-            Ok(Vec::new())
+            let list = self
+                .proxy
+                .root()
+                .join(modmesh_tests::fixtures::escape(m.as_str()))
+                .join("@v/list");
+            match std::fs::read_to_string(list) {
+                Ok(t) => Ok(t.lines().map(String::from).collect()),
+                Err(_) => Err(Error::not_found(format!("{m}: not a module"))),
+            }
         }
+        /// `latest` is the highest listed version.
         async fn query(&self, c: &Coordinates) -> Result<Bytes> {
-            self.ask(&c.module);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            Err(Error::not_found(format!("{c}: no queries here")))
+            let versions = self.list(&c.module).await?;
+            if c.version.as_str() != "latest" {
+                return Err(Error::not_found(format!("{c}: no such query")));
+            }
+            let v = versions
+                .iter()
+                .max_by(|a, b| modmesh_proto::coords::compare_versions(a, b))
+                .ok_or_else(|| Error::not_found(format!("{c}: no versions")))?;
+            Ok(Bytes::from(std::fs::read(self.proxy.file(
+                c.module.as_str(),
+                v,
+                "info",
+            ))?))
         }
     }
     use futures::StreamExt;
@@ -423,6 +445,7 @@ fn scripted(
         stall: Duration::ZERO,
         gate: None,
         asked: Default::default(),
+        down: Default::default(),
     };
     tune(&mut f);
     let fetcher = Arc::new(f);
@@ -613,4 +636,146 @@ async fn a_flood_of_probes_for_non_modules_asks_the_upstream_once_per_path() {
     // Later probes are answered from the negative cache.
     get(&s.app, &path(&paths[0], "@v/list")).await;
     assert_eq!(s.fetcher.asked.lock().unwrap()[&paths[0]], asked[&paths[0]]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn network_modes_with_the_upstream_up_and_down() {
+    use modmesh_gateway::modes::NetworkMode;
+    let base = fixtures::BASE;
+    for mode in [
+        NetworkMode::Strict,
+        NetworkMode::Offline,
+        NetworkMode::Fallback,
+    ] {
+        let settings = modmesh_gateway::Settings {
+            network: mode,
+            query_ttl: Duration::ZERO,
+            negative_ttl: Duration::ZERO,
+            ..Default::default()
+        };
+        let s = scripted(settings, |_| {});
+        let z = get(&s.app, &path(base, "@v/v1.0.0.zip")).await;
+        assert_eq!(z.status, StatusCode::OK, "{mode:?}: {}", z.text());
+        // Upstream up.
+        let list = get(&s.app, &path(base, "@v/list")).await;
+        assert_eq!(list.status, StatusCode::OK, "{mode:?}: {}", list.text());
+        let latest = get(&s.app, &path(base, "@latest")).await;
+        assert_eq!(latest.status, StatusCode::OK, "{mode:?}: {}", latest.text());
+        let v: serde_json::Value = serde_json::from_slice(&latest.body).unwrap();
+        if mode == NetworkMode::Offline {
+            assert_eq!(list.text(), "v1.0.0\n", "{mode:?}");
+            assert_eq!(v["Version"], "v1.0.0", "{mode:?}");
+            assert!(
+                s.fetcher.asked.lock().unwrap().is_empty(),
+                "offline asked upstream"
+            );
+        } else {
+            assert_eq!(
+                list.text(),
+                format!("v1.0.0\n{}\n", fixtures::BASE_RC),
+                "{mode:?}"
+            );
+            assert_eq!(v["Version"], fixtures::BASE_RC, "{mode:?}");
+        }
+        // Upstream down.
+        s.fetcher.down.store(true, Ordering::SeqCst);
+        let list = get(&s.app, &path(base, "@v/list")).await;
+        let latest = get(&s.app, &path(base, "@latest")).await;
+        if mode == NetworkMode::Strict {
+            assert_eq!(list.status, StatusCode::BAD_GATEWAY, "{}", list.text());
+            assert_eq!(latest.status, StatusCode::BAD_GATEWAY, "{}", latest.text());
+        } else {
+            assert_eq!(list.status, StatusCode::OK, "{mode:?}: {}", list.text());
+            assert_eq!(list.text(), "v1.0.0\n", "{mode:?}");
+            assert_eq!(latest.status, StatusCode::OK, "{mode:?}: {}", latest.text());
+            let v: serde_json::Value = serde_json::from_slice(&latest.body).unwrap();
+            assert_eq!(v["Version"], "v1.0.0", "{mode:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn download_modes_decide_what_a_miss_does() {
+    use modmesh_gateway::modes::ModesConfig;
+    let policy = |mode: &str, url: &str| {
+        ModesConfig {
+            DownloadMode: mode.into(),
+            DownloadURL: url.into(),
+            ..Default::default()
+        }
+        .download_policy()
+        .unwrap()
+    };
+    let settings = |mode: &str, url: &str| modmesh_gateway::Settings {
+        downloads: policy(mode, url),
+        ..Default::default()
+    };
+    let info = path(fixtures::BASE, "@v/v1.0.0.info");
+    let downloads = |s: &Scripted| s.fetcher.downloads.load(Ordering::SeqCst);
+
+    // none: 404, nothing fetched.
+    let s = scripted(settings("none", ""), |_| {});
+    assert_eq!(get(&s.app, &info).await.status, StatusCode::NOT_FOUND);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(downloads(&s), 0);
+
+    // async: 404 now, the module a moment later.
+    let s = scripted(settings("async", ""), |_| {});
+    assert_eq!(get(&s.app, &info).await.status, StatusCode::NOT_FOUND);
+    let t = Instant::now();
+    loop {
+        let a = get(&s.app, &info).await;
+        if a.status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never stored: {}",
+            a.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(downloads(&s), 1);
+
+    // redirect: 301 to DownloadURL plus the path, nothing fetched.
+    let s = scripted(settings("redirect", "https://dl.example/base/"), |_| {});
+    let a = get(&s.app, &info).await;
+    assert_eq!(a.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(
+        a.headers[header::LOCATION].to_str().unwrap(),
+        format!("https://dl.example/base{info}")
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(downloads(&s), 0);
+
+    // async_redirect: 301, and the module is stored in the background, after
+    // which it is served here.
+    let s = scripted(settings("async_redirect", "https://dl.example"), |_| {});
+    let zip = path(fixtures::BASE, "@v/v1.0.0.zip");
+    assert_eq!(
+        get(&s.app, &zip).await.status,
+        StatusCode::MOVED_PERMANENTLY
+    );
+    let t = Instant::now();
+    while get(&s.app, &zip).await.status != StatusCode::OK {
+        assert!(t.elapsed() < Duration::from_secs(10), "never stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(downloads(&s), 1);
+
+    // A download file: per-module modes, first matching block wins.
+    let hcl = format!(
+        "downloadURL = \"https://dl.example\"\nmode = \"redirect\"\ndownload \"{}\" {{\n  mode = \"sync\"\n}}\ndownload \"example.com/*\" {{\n  mode = \"none\"\n}}\n",
+        fixtures::BASE
+    );
+    use base64::Engine;
+    let custom = format!(
+        "custom:{}",
+        base64::engine::general_purpose::STANDARD.encode(hcl)
+    );
+    let s = scripted(settings(&custom, ""), |_| {});
+    assert_eq!(get(&s.app, &info).await.status, StatusCode::OK);
+    let mixed = path(fixtures::MIXED, &format!("@v/{}.info", fixtures::MIXED_V));
+    assert_eq!(get(&s.app, &mixed).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(downloads(&s), 1);
 }
