@@ -14,7 +14,16 @@ use modmesh_common::{run, server, shutdown};
 async fn main() {
     const NAME: &str = "storage-svc";
     let cfg = run::start(NAME);
-    let storage = modmesh_storage::from_config(&cfg).unwrap_or_else(|e| run::fail(NAME, 1, e));
+    // A bad value is a configuration error (2); a store that cannot be
+    // opened is 1.
+    let storage = modmesh_storage::from_config(&cfg).unwrap_or_else(|e| {
+        let code = if e.is(modmesh_proto::ErrorKind::Invalid) {
+            2
+        } else {
+            1
+        };
+        run::fail(NAME, code, e)
+    });
     let listener = run::bind(NAME, "StorageSvcListen", &cfg.StorageSvcListen, ":50051").await;
     tracing::info!(storage_type = %cfg.StorageType, "storage-svc starting");
     server::serve_grpc(
