@@ -355,15 +355,17 @@ impl GoFetcher {
         let file = tokio::fs::File::open(zip)
             .await
             .map_err(|e| Error::internal(format!("opening the downloaded zip: {e}")))?;
+        let zip_size = file
+            .metadata()
+            .await
+            .map_err(|e| Error::internal(format!("reading the downloaded zip: {e}")))?
+            .len();
         let stream: ByteStream = tokio_util::io::ReaderStream::with_capacity(file, MAX_CHUNK)
             .map(|r| r.map_err(|e| Error::internal(format!("reading the downloaded zip: {e}"))))
             .boxed();
-        let req = SaveRequest {
-            coordinates: coordinates.clone(),
-            info,
-            go_mod,
-            zip_hash: (!zip_hash.is_empty()).then_some(zip_hash),
-        };
+        let mut req = SaveRequest::new(coordinates, info, go_mod)?;
+        req.zip_hash = (!zip_hash.is_empty()).then_some(zip_hash);
+        req.zip_size = Some(zip_size);
         match self.storage.save(req, stream).await {
             Ok(()) => {
                 tracing::info!(%coordinates, "module stored");

@@ -370,12 +370,7 @@ mod scripted {
             let read = |ext| std::fs::read(self.proxy.file(m, v, ext)).map_err(Error::from);
             let info = Bytes::from(read("info")?);
             let zip = Bytes::from(read("zip")?);
-            let req = SaveRequest {
-                coordinates: c.clone(),
-                info: info.clone(),
-                go_mod: Bytes::from(read("mod")?),
-                zip_hash: None,
-            };
+            let req = SaveRequest::new(c, info.clone(), Bytes::from(read("mod")?))?;
             let stream = futures::stream::once(async move { Ok(zip) }).boxed();
             self.storage.save(req, stream).await?;
             Ok(Fetched {

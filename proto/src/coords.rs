@@ -93,6 +93,62 @@ impl Version {
     }
 }
 
+/// A [`Version`] known to be canonical (`vX.Y.Z[-pre][+incompatible]`),
+/// never a query such as `master` or `v1`: what storage stores. The only
+/// ways to make one check it, so a query cannot reach a save.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CanonicalVersion(Version);
+
+impl CanonicalVersion {
+    /// Validates a decoded version and checks that it is canonical;
+    /// `Invalid` otherwise.
+    pub fn new(version: impl Into<String>) -> Result<Self> {
+        Self::try_from(Version::new(version)?)
+    }
+
+    /// The version.
+    pub fn as_version(&self) -> &Version {
+        &self.0
+    }
+
+    /// The decoded version string.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl TryFrom<Version> for CanonicalVersion {
+    type Error = Error;
+    fn try_from(v: Version) -> Result<Self> {
+        if v.is_canonical() {
+            Ok(CanonicalVersion(v))
+        } else {
+            Err(Error::invalid(format!(
+                "{:?} is not a canonical version",
+                v.as_str()
+            )))
+        }
+    }
+}
+
+impl From<CanonicalVersion> for Version {
+    fn from(v: CanonicalVersion) -> Version {
+        v.0
+    }
+}
+
+impl fmt::Display for CanonicalVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl AsRef<str> for CanonicalVersion {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
 impl Coordinates {
     /// Validates both halves.
     pub fn new(module: &str, version: &str) -> Result<Self> {
@@ -113,6 +169,17 @@ impl Coordinates {
             module: self.module.0.clone(),
             version: self.version.0.clone(),
         }
+    }
+
+    /// The version as a [`CanonicalVersion`]; `Invalid` (naming the
+    /// coordinates) for a query.
+    pub fn canonical_version(&self) -> Result<CanonicalVersion> {
+        CanonicalVersion::try_from(self.version.clone()).map_err(|_| {
+            Error::invalid(format!(
+                "{self}: {:?} is not a canonical version",
+                self.version.as_str()
+            ))
+        })
     }
 
     /// `module@version`, the key single-flight locks use.
@@ -138,6 +205,13 @@ impl fmt::Display for Coordinates {
 }
 impl AsRef<str> for ModulePath {
     fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+/// Module paths order as their strings do, so maps keyed by them can be
+/// ranged over by a string prefix.
+impl std::borrow::Borrow<str> for ModulePath {
+    fn borrow(&self) -> &str {
         &self.0
     }
 }
@@ -535,6 +609,14 @@ mod tests {
         assert!(!is_canonical_version("v1.2.3+meta"));
         assert!(!is_canonical_version("master"));
         assert!(!is_canonical_version("v01.2.3"));
+        assert_eq!(CanonicalVersion::new("v1.2.3").unwrap().as_str(), "v1.2.3");
+        for q in ["master", "v1", "latest", "v1.2.3+meta"] {
+            assert!(CanonicalVersion::new(q).is_err(), "{q}");
+            assert!(Coordinates::new("example.com/a", q)
+                .unwrap()
+                .canonical_version()
+                .is_err());
+        }
         assert!(is_pseudo_version("v0.0.0-20191109021931-daa7c04131f5"));
         assert!(is_pseudo_version("v1.2.4-0.20191109021931-daa7c04131f5"));
         assert!(is_pseudo_version(

@@ -14,7 +14,9 @@ pub mod coords;
 pub mod error;
 pub mod request_id;
 
-pub use coords::{is_canonical_version, is_pseudo_version, Coordinates, ModulePath, Version};
+pub use coords::{
+    is_canonical_version, is_pseudo_version, CanonicalVersion, Coordinates, ModulePath, Version,
+};
 pub use error::{Error, ErrorKind, Result};
 
 /// Generated protobuf types and tonic stubs (package `modmesh.v1`).

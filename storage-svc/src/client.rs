@@ -3,13 +3,14 @@
 //! the hop; the current request id travels in `x-request-id`.
 
 use crate::server::rechunk;
-use crate::{ByteStream, CatalogPage, SaveRequest, Storage, VersionStat, ZipReader};
+use crate::{ByteStream, Capabilities, CatalogPage, SaveRequest, Storage, VersionStat, ZipReader};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use modmesh_proto::pb::{self, save_chunk, zip_chunk};
 use modmesh_proto::{request_id, Coordinates, Error, ModulePath, Result, MAX_MESSAGE};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 use tonic::codegen::InterceptedService;
 use tonic::transport::Channel;
 
@@ -20,7 +21,12 @@ type Grpc = pb::storage_client::StorageClient<InterceptedService<Channel, Interc
 #[derive(Clone)]
 pub struct StorageClient {
     grpc: Grpc,
+    channel: Channel,
+    capabilities: Arc<OnceLock<Capabilities>>,
 }
+
+/// How long [`StorageClient::health`] waits for the server's answer.
+pub const HEALTH_DEADLINE: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for StorageClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,12 +47,25 @@ impl StorageClient {
     /// A client over an existing channel.
     pub fn from_channel(channel: Channel) -> Self {
         let grpc = pb::storage_client::StorageClient::with_interceptor(
-            channel,
+            channel.clone(),
             request_id::propagate as Interceptor,
         )
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-        StorageClient { grpc }
+        StorageClient {
+            grpc,
+            channel,
+            capabilities: Arc::default(),
+        }
+    }
+
+    /// Asks the server what its backend can do, and remembers it for
+    /// [`Storage::capabilities`] (which, until then, declares nothing
+    /// optional).
+    pub async fn fetch_capabilities(&self) -> Result<Capabilities> {
+        let reply = self.grpc().capabilities(pb::Empty {}).await?.into_inner();
+        let caps = Capabilities::from_pb(&reply);
+        Ok(*self.capabilities.get_or_init(|| caps))
     }
 
     fn grpc(&self) -> Grpc {
@@ -119,6 +138,52 @@ async fn feed_save(
 
 #[async_trait]
 impl Storage for StorageClient {
+    /// The server's capabilities once [`StorageClient::fetch_capabilities`]
+    /// has run; before, nothing optional (a presign request is still
+    /// forwarded and answered by the server).
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
+            .get()
+            .copied()
+            .unwrap_or_else(Capabilities::minimal)
+    }
+
+    /// `grpc.health.v1.Health/Check` for `modmesh.v1.Storage`, within
+    /// [`HEALTH_DEADLINE`]: `Ok` only if the server reports SERVING.
+    async fn health(&self) -> Result<()> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
+        let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+            service: crate::server::SERVICE_NAME.to_string(),
+        });
+        req.set_timeout(HEALTH_DEADLINE);
+        let reply = tokio::time::timeout(HEALTH_DEADLINE, health.check(req))
+            .await
+            .map_err(|_| {
+                Error::timeout(format!(
+                    "storage service health check took over {HEALTH_DEADLINE:?}"
+                ))
+            })??
+            .into_inner();
+        if reply.status == ServingStatus::Serving as i32 {
+            Ok(())
+        } else {
+            Err(Error::unavailable(format!(
+                "storage service reports {:?}",
+                ServingStatus::try_from(reply.status).unwrap_or(ServingStatus::Unknown)
+            )))
+        }
+    }
+
+    async fn presign_zip(&self, c: &Coordinates, ttl: Duration) -> Result<Option<String>> {
+        let req = pb::PresignRequest {
+            coordinates: Some(c.to_pb()),
+            ttl_seconds: ttl.as_secs().max(1),
+        };
+        let url = self.grpc().presign_zip(req).await?.into_inner().url;
+        Ok(Some(url).filter(|u| !u.is_empty()))
+    }
+
     async fn list(&self, module: &ModulePath) -> Result<Vec<String>> {
         let req = pb::ModuleRef {
             module: module.to_string(),
@@ -202,10 +267,11 @@ impl Storage for StorageClient {
     async fn save(&self, req: SaveRequest, zip: ByteStream) -> Result<()> {
         let header = pb::SaveChunk {
             kind: Some(save_chunk::Kind::Header(pb::SaveHeader {
-                coordinates: Some(req.coordinates.to_pb()),
+                coordinates: Some(req.coordinates().to_pb()),
                 info: req.info,
                 go_mod: req.go_mod,
                 zip_hash: req.zip_hash.unwrap_or_default(),
+                zip_size: req.zip_size,
             })),
         };
         let failure: Arc<Mutex<Option<Error>>> = Arc::default();

@@ -11,12 +11,15 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use modmesh_proto::{Coordinates, ModulePath, Result};
+use modmesh_proto::{CanonicalVersion, Coordinates, ModulePath, Result};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub mod backends;
 pub mod client;
+#[cfg(feature = "testing")]
 pub mod compliance;
+pub mod hashing;
 pub mod server;
 
 /// A stream of zip bytes (each item at most [`modmesh_proto::MAX_CHUNK`]).
@@ -41,14 +44,117 @@ impl std::fmt::Debug for ZipReader {
 /// What a save carries besides the zip bytes.
 #[derive(Debug, Clone)]
 pub struct SaveRequest {
-    /// The (canonical) version being saved.
-    pub coordinates: Coordinates,
+    /// The module being saved.
+    pub module: ModulePath,
+    /// Its version: canonical by construction, never a query.
+    pub version: CanonicalVersion,
     /// The `.info` JSON, stored verbatim.
     pub info: Bytes,
     /// The go.mod, stored verbatim.
     pub go_mod: Bytes,
-    /// The go.sum hash of the zip (`h1:...`) if known.
+    /// The go.sum hash of the zip (`h1:...`) if known; a zip with another
+    /// hash is refused (`Invalid`).
     pub zip_hash: Option<String>,
+    /// The zip's size in bytes if known in advance; a zip of another size
+    /// is refused (`Invalid`).
+    pub zip_size: Option<u64>,
+}
+
+impl SaveRequest {
+    /// A save of `c` (whose version must be canonical: `Invalid` otherwise)
+    /// with no hash or size known.
+    pub fn new(c: &Coordinates, info: impl Into<Bytes>, go_mod: impl Into<Bytes>) -> Result<Self> {
+        Ok(SaveRequest {
+            module: c.module.clone(),
+            version: c.canonical_version()?,
+            info: info.into(),
+            go_mod: go_mod.into(),
+            zip_hash: None,
+            zip_size: None,
+        })
+    }
+
+    /// The coordinates saved.
+    pub fn coordinates(&self) -> Coordinates {
+        Coordinates {
+            module: self.module.clone(),
+            version: self.version.as_version().clone(),
+        }
+    }
+}
+
+/// How a backend makes saves create-only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateOnly {
+    /// The store refuses to overwrite by itself (a conditional write, an
+    /// atomic rename, a lock held in this process).
+    Native,
+    /// The backend writes a marker last and checks for it.
+    Marker,
+}
+
+/// What a backend can do, declared by [`Storage::capabilities`]. Callers ask
+/// before they use an optional feature; the compliance suite runs only the
+/// checks that apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// How saves are made create-only.
+    pub create_only: CreateOnly,
+    /// [`Storage::presign_zip`] gives URLs.
+    pub presigned_reads: bool,
+    /// Byte ranges of a stored zip can be read.
+    pub range_reads: bool,
+    /// Saves stream: the backend never holds a whole zip in memory.
+    pub streamed_saves: bool,
+    /// Saves whose size is not known in advance stream too.
+    pub unsized_saves: bool,
+    /// Other processes see what this one saves.
+    pub shared: bool,
+}
+
+impl Capabilities {
+    /// Nothing optional: marker create-only, no presigned or range reads,
+    /// saves not streamed, not shared. Backends start from this and set what
+    /// they do.
+    pub const fn minimal() -> Self {
+        Capabilities {
+            create_only: CreateOnly::Marker,
+            presigned_reads: false,
+            range_reads: false,
+            streamed_saves: false,
+            unsized_saves: false,
+            shared: false,
+        }
+    }
+
+    /// From the wire message.
+    pub fn from_pb(p: &modmesh_proto::pb::StorageCapabilities) -> Self {
+        Capabilities {
+            create_only: if p.native_create_only {
+                CreateOnly::Native
+            } else {
+                CreateOnly::Marker
+            },
+            presigned_reads: p.presigned_reads,
+            range_reads: p.range_reads,
+            streamed_saves: p.streamed_saves,
+            unsized_saves: p.unsized_saves,
+            shared: p.shared,
+        }
+    }
+
+    /// To the wire message.
+    pub fn to_pb(&self) -> modmesh_proto::pb::StorageCapabilities {
+        modmesh_proto::pb::StorageCapabilities {
+            native_create_only: self.create_only == CreateOnly::Native,
+            presigned_reads: self.presigned_reads,
+            range_reads: self.range_reads,
+            streamed_saves: self.streamed_saves,
+            unsized_saves: self.unsized_saves,
+            shared: self.shared,
+        }
+    }
 }
 
 /// Metadata of one stored version.
@@ -73,7 +179,7 @@ pub struct VersionStat {
 /// One page of the catalog.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CatalogPage {
-    /// (module, version) pairs in (module, version) order.
+    /// (module, version) pairs, in the backend's own order.
     pub entries: Vec<Coordinates>,
     /// The token for the next page; `None` on the last page.
     pub next_page_token: Option<String>,
@@ -84,19 +190,30 @@ pub const DEFAULT_PAGE_SIZE: usize = 1000;
 
 /// A module store.
 ///
-/// Contract, shared by every backend and checked by [`compliance`]:
+/// Contract, shared by every backend and checked by the compliance suite
+/// (`compliance`, feature `testing`):
 /// - a version is visible (to `exists`, `info`, `go_mod`, `zip`, `list`,
 ///   `stat`, `catalog`) only once its info, go.mod and zip are all durably
 ///   stored; a save that fails or is interrupted leaves nothing visible;
 /// - `save` is create-only: if the version is already visible it returns
 ///   [`ErrorKind::AlreadyExists`](modmesh_proto::ErrorKind::AlreadyExists)
 ///   and changes nothing; of concurrent saves of one version exactly one wins;
+/// - a save whose zip does not match the request's `zip_hash` or
+///   `zip_size` is `Invalid` and stores nothing; `stat` gives the zip's h1
+///   whenever the zip is a valid zip (computed while saving if not given);
 /// - reads of a missing version return `NotFound`; `list` of an unknown
 ///   module returns an empty list;
 /// - zips stream in both directions; no backend needs the whole zip in
-///   memory (except `memory`, whose store is memory).
+///   memory (except `memory`, whose store is memory);
+/// - catalog page tokens are opaque and the backend's own: pages come in the
+///   backend's order, and one page costs about one page of work.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
+    /// What this backend can do.
+    fn capabilities(&self) -> Capabilities;
+    /// Whether the backend can serve: `Ok` or the reason it cannot
+    /// (`Unavailable`, `Timeout`, `Permission`...).
+    async fn health(&self) -> Result<()>;
     /// Versions of `module`, in semantic-version order.
     async fn list(&self, module: &ModulePath) -> Result<Vec<String>>;
     /// The `.info` bytes.
@@ -114,13 +231,21 @@ pub trait Storage: Send + Sync + 'static {
     /// Removes a version; `NotFound` if absent.
     async fn delete(&self, c: &Coordinates) -> Result<()>;
     /// A page of stored (module, version) pairs whose module path starts
-    /// with `module_prefix`, after `page_token`.
+    /// with `module_prefix`, after `page_token` (a token this backend made;
+    /// `Invalid` otherwise). `page_size` 0 means [`DEFAULT_PAGE_SIZE`].
     async fn catalog(
         &self,
         page_token: Option<&str>,
         page_size: usize,
         module_prefix: &str,
     ) -> Result<CatalogPage>;
+    /// A URL that serves the stored zip of `c` with a plain GET for `ttl`,
+    /// or `None` where the backend cannot make one (see
+    /// [`Capabilities::presigned_reads`]). `NotFound` if `c` is not stored.
+    async fn presign_zip(&self, c: &Coordinates, ttl: Duration) -> Result<Option<String>> {
+        let _ = (c, ttl);
+        Ok(None)
+    }
 }
 
 /// Builds the backend named by `StorageType` in `cfg`.
@@ -193,85 +318,35 @@ pub fn zip_hash_reader<R: std::io::Read + std::io::Seek>(reader: R) -> Result<St
     ))
 }
 
-/// Checks what every backend checks before a save: the version must be
-/// canonical (`vX.Y.Z[-pre][+incompatible]`), never a query.
-pub fn check_save(req: &SaveRequest) -> Result<()> {
-    if !req.coordinates.version.is_canonical() {
-        return Err(modmesh_proto::Error::invalid(format!(
-            "cannot save {}: {:?} is not a canonical version",
-            req.coordinates,
-            req.coordinates.version.as_str()
-        )));
-    }
-    Ok(())
-}
-
-/// The catalog's order: module path bytewise, then version by semantic
-/// version precedence ([`modmesh_proto::coords::compare_versions`]).
-pub fn catalog_order(a: &Coordinates, b: &Coordinates) -> std::cmp::Ordering {
-    a.module.as_str().cmp(b.module.as_str()).then_with(|| {
-        modmesh_proto::coords::compare_versions(a.version.as_str(), b.version.as_str())
-    })
-}
-
-/// The page token naming `last` (the last entry of a page): `module@version`,
-/// base64url without padding. Opaque to callers.
-pub fn encode_page_token(last: &Coordinates) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last.key())
-}
-
-/// Reverses [`encode_page_token`]; `Invalid` for anything it did not make.
-pub fn decode_page_token(token: &str) -> Result<Coordinates> {
-    use base64::Engine;
-    use modmesh_proto::Error;
-    let bad = || Error::invalid(format!("malformed catalog page token {token:?}"));
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .map_err(|_| bad())?;
-    let key = String::from_utf8(raw).map_err(|_| bad())?;
-    let (module, version) = key.split_once('@').ok_or_else(bad)?;
-    Coordinates::new(module, version).map_err(|_| bad())
-}
-
-/// Cuts one catalog page out of `entries` (every stored pair, any order):
-/// keeps modules starting with `module_prefix`, sorts by [`catalog_order`],
-/// skips up to and including the entry named by `page_token`, and takes
-/// `page_size` entries (0 means [`DEFAULT_PAGE_SIZE`]).
-pub fn paginate(
-    mut entries: Vec<Coordinates>,
-    page_token: Option<&str>,
-    page_size: usize,
-    module_prefix: &str,
-) -> Result<CatalogPage> {
-    let after = match page_token.filter(|t| !t.is_empty()) {
-        Some(t) => Some(decode_page_token(t)?),
-        None => None,
-    };
-    let page_size = if page_size == 0 {
+/// The page size a backend uses for `page_size` (0 means
+/// [`DEFAULT_PAGE_SIZE`]).
+pub fn page_size(page_size: usize) -> usize {
+    if page_size == 0 {
         DEFAULT_PAGE_SIZE
     } else {
         page_size
-    };
-    entries.retain(|c| {
-        c.module.as_str().starts_with(module_prefix)
-            && after
-                .as_ref()
-                .is_none_or(|a| catalog_order(c, a) == std::cmp::Ordering::Greater)
-    });
-    entries.sort_by(catalog_order);
-    entries.dedup();
-    let more = entries.len() > page_size;
-    entries.truncate(page_size);
-    let next_page_token = if more {
-        entries.last().map(encode_page_token)
-    } else {
-        None
-    };
-    Ok(CatalogPage {
-        entries,
-        next_page_token,
-    })
+    }
+}
+
+/// An opaque page token carrying `key`, marked with `tag` (the backend's
+/// name), base64url without padding.
+pub fn encode_page_token(tag: &str, key: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{tag}\n{key}"))
+}
+
+/// Reverses [`encode_page_token`] for `tag`; `Invalid` for anything else.
+pub fn decode_page_token(tag: &str, token: &str) -> Result<String> {
+    use base64::Engine;
+    let bad = || modmesh_proto::Error::invalid(format!("malformed catalog page token {token:?}"));
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    match text.split_once('\n') {
+        Some((t, key)) if t == tag && !key.is_empty() => Ok(key.to_string()),
+        _ => Err(bad()),
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -21,6 +21,9 @@ use tonic::{Request, Response, Status, Streaming};
 /// this size (the token still continues where the page ended).
 pub const MAX_PAGE_SIZE: usize = 10_000;
 
+/// The longest presigned URL lifetime the server grants (7 days, S3's limit).
+pub const MAX_PRESIGN_TTL_SECS: u64 = 7 * 24 * 3600;
+
 /// The fully qualified gRPC service name, for health reporting.
 pub const SERVICE_NAME: &str = "modmesh.v1.Storage";
 
@@ -271,19 +274,10 @@ impl pb::storage_server::Storage for StorageService {
             .coordinates
             .ok_or_else(|| Status::invalid_argument("SaveHeader without coordinates"))?;
         let c = coords(&pbc)?;
-        if !c.version.is_canonical() {
-            return Err(Error::invalid(format!(
-                "cannot save {c}: {:?} is not a canonical version",
-                c.version.as_str()
-            ))
-            .into());
-        }
-        let req = SaveRequest {
-            coordinates: c,
-            info: header.info,
-            go_mod: header.go_mod,
-            zip_hash: Some(header.zip_hash).filter(|h| !h.is_empty()),
-        };
+        let mut req = SaveRequest::new(&c, header.info, header.go_mod)
+            .map_err(|_| Error::invalid(format!("cannot save {c}: not a canonical version")))?;
+        req.zip_hash = Some(header.zip_hash).filter(|h| !h.is_empty());
+        req.zip_size = header.zip_size;
         let incoming = Incoming {
             inbound,
             received: 0,
@@ -321,6 +315,29 @@ impl pb::storage_server::Storage for StorageService {
         Ok(Response::new(pb::CatalogPage {
             entries: page.entries.iter().map(Coordinates::to_pb).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn capabilities(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::StorageCapabilities>, Status> {
+        Ok(Response::new(self.storage.capabilities().to_pb()))
+    }
+
+    async fn presign_zip(
+        &self,
+        req: Request<pb::PresignRequest>,
+    ) -> Result<Response<pb::PresignReply>, Status> {
+        let r = req.into_inner();
+        let pbc = r
+            .coordinates
+            .ok_or_else(|| Status::invalid_argument("PresignRequest without coordinates"))?;
+        let c = coords(&pbc)?;
+        let ttl = std::time::Duration::from_secs(r.ttl_seconds.clamp(1, MAX_PRESIGN_TTL_SECS));
+        let url = self.storage.presign_zip(&c, ttl).await?;
+        Ok(Response::new(pb::PresignReply {
+            url: url.unwrap_or_default(),
         }))
     }
 }

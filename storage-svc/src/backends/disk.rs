@@ -21,7 +21,8 @@
 //! [`Version`](modmesh_proto::Version) and checked to stay under the root.
 
 use crate::{
-    check_save, paginate, ByteStream, CatalogPage, SaveRequest, Storage, VersionStat, ZipReader,
+    decode_page_token, encode_page_token, ByteStream, Capabilities, CatalogPage, CreateOnly,
+    SaveRequest, Storage, VersionStat, ZipReader,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -47,6 +48,8 @@ pub const STALE_AFTER: Duration = Duration::from_secs(3600);
 pub const MOD_FILE: &str = "go.mod";
 /// The zip file of a version directory.
 pub const ZIP_FILE: &str = "source.zip";
+/// The tag of this backend's catalog page tokens.
+const TOKEN_TAG: &str = "disk";
 /// Hashes remembered by `stat` before the cache starts over.
 const HASH_CACHE_MAX: usize = 4096;
 
@@ -250,26 +253,47 @@ impl DiskStorage {
         }
     }
 
-    async fn write_temp(&self, req: &SaveRequest, zip: &mut ByteStream, dir: &Path) -> Result<()> {
+    /// Writes the three files into `dir`, checks the zip's size and hash
+    /// against `req`, and returns the hash.
+    async fn write_temp(
+        &self,
+        req: &SaveRequest,
+        zip: &mut ByteStream,
+        dir: &Path,
+    ) -> Result<Option<String>> {
         tokio::fs::create_dir_all(dir).await?;
         write_synced(dir.join(MOD_FILE), req.go_mod.clone()).await?;
-        write_synced(
-            dir.join(info_file(req.coordinates.version.as_str())),
-            req.info.clone(),
-        )
-        .await?;
+        write_synced(dir.join(info_file(req.version.as_str())), req.info.clone()).await?;
         let mut file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(dir.join(ZIP_FILE))
             .await?;
+        let mut size = 0u64;
         while let Some(chunk) = zip.next().await {
-            file.write_all(&chunk?).await?;
+            let chunk = chunk?;
+            size += chunk.len() as u64;
+            file.write_all(&chunk).await?;
         }
         file.flush().await?;
         file.sync_all().await?;
         drop(file);
-        sync_dir(dir).await
+        crate::hashing::check_size(req, size)?;
+        let path = dir.join(ZIP_FILE);
+        let computed = blocking(move || Ok(crate::zip_hash(&path))).await?;
+        let hash = crate::hashing::settle(req, computed)?;
+        sync_dir(dir).await?;
+        Ok(hash)
+    }
+
+    /// Puts the hash a save computed into the cache, so `stat` need not
+    /// hash the zip again.
+    async fn remember_saved_hash(&self, vdir: &Path, version: &str, hash: Option<String>) {
+        let (d, v) = (vdir.to_path_buf(), version.to_string());
+        let id = blocking(move || Ok(file_id(&d, &v)?)).await;
+        if let Ok(id) = id {
+            self.remember_hash(vdir.to_path_buf(), id, hash);
+        }
     }
 
     fn cached_hash(&self, vdir: &Path, id: FileId) -> Option<Option<String>> {
@@ -291,6 +315,28 @@ impl DiskStorage {
 
 #[async_trait]
 impl Storage for DiskStorage {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            create_only: CreateOnly::Native,
+            range_reads: true,
+            streamed_saves: true,
+            unsized_saves: true,
+            shared: true,
+            ..Capabilities::minimal()
+        }
+    }
+
+    /// The root must be a readable directory.
+    async fn health(&self) -> Result<()> {
+        let root = self.root.clone();
+        blocking(move || {
+            std::fs::read_dir(&root).map(|_| ()).map_err(|e| {
+                Error::unavailable(format!("disk storage root {}: {e}", root.display()))
+            })
+        })
+        .await
+    }
+
     async fn list(&self, module: &ModulePath) -> Result<Vec<String>> {
         let mdir = self.module_dir(module)?;
         blocking(move || {
@@ -390,21 +436,23 @@ impl Storage for DiskStorage {
     }
 
     async fn save(&self, req: SaveRequest, mut zip: ByteStream) -> Result<()> {
-        check_save(&req)?;
-        let c = req.coordinates.clone();
+        let c = req.coordinates();
         let vdir = self.version_dir(&c)?;
         if self.visible(&vdir, c.version.as_str()).await? {
             return Err(already_exists(&c));
         }
         let guard = TempDir::new(self.tmp_path(""));
         let result = async {
-            self.write_temp(&req, &mut zip, guard.path()).await?;
-            self.publish(&c, guard.path(), &vdir).await
+            let hash = self.write_temp(&req, &mut zip, guard.path()).await?;
+            self.publish(&c, guard.path(), &vdir).await?;
+            Ok(hash)
         }
         .await;
         match result {
-            Ok(()) => {
+            Ok(hash) => {
                 guard.disarm();
+                self.remember_saved_hash(&vdir, c.version.as_str(), hash)
+                    .await;
                 Ok(())
             }
             Err(e) => {
@@ -446,34 +494,77 @@ impl Storage for DiskStorage {
         Ok(())
     }
 
+    /// Walks the tree in sorted order from the token's version directory
+    /// and stops after one page: pages in (path components) order.
     async fn catalog(
         &self,
         page_token: Option<&str>,
         page_size: usize,
         module_prefix: &str,
     ) -> Result<CatalogPage> {
-        if let Some(t) = page_token.filter(|t| !t.is_empty()) {
-            crate::decode_page_token(t)?;
-        }
+        let after = match page_token.filter(|t| !t.is_empty()) {
+            Some(t) => Some(token_components(t)?),
+            None => None,
+        };
+        let size = crate::page_size(page_size);
         let (root, prefix) = (self.root.clone(), module_prefix.to_string());
-        let entries = blocking(move || walk(&root, &prefix)).await?;
-        paginate(entries, page_token, page_size, module_prefix)
+        let mut entries = blocking(move || {
+            let mut walk = Walk {
+                prefix,
+                after,
+                limit: size + 1,
+                found: Vec::new(),
+            };
+            walk.visit(&root, &mut Vec::new())?;
+            Ok(walk.found)
+        })
+        .await?;
+        let more = entries.len() > size;
+        entries.truncate(size);
+        let next_page_token = if more {
+            entries.last().map(|c: &Coordinates| {
+                encode_page_token(TOKEN_TAG, &format!("{}/{}", c.module, c.version))
+            })
+        } else {
+            None
+        };
+        Ok(CatalogPage {
+            entries,
+            next_page_token,
+        })
     }
 }
 
-/// Every visible (module, version) under `root` whose module path starts
-/// with `prefix`, in no particular order. Skips dot-directories (the
-/// temporary directory among them) and does not follow symlinks.
-fn walk(root: &Path, prefix: &str) -> Result<Vec<Coordinates>> {
-    let mut found = Vec::new();
-    // (directory, its path relative to root with `/` separators)
-    let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
-    while let Some((dir, rel)) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
+/// The path components a disk page token names (a version directory).
+fn token_components(token: &str) -> Result<Vec<String>> {
+    let bad = || Error::invalid(format!("malformed catalog page token {token:?}"));
+    let key = decode_page_token(TOKEN_TAG, token)?;
+    let (module, version) = key.rsplit_once('/').ok_or_else(bad)?;
+    Coordinates::new(module, version).map_err(|_| bad())?;
+    Ok(key.split('/').map(str::to_string).collect())
+}
+
+/// One catalog page's walk. A pre-order walk that visits each directory's
+/// entries sorted by name meets version directories in the order of their
+/// path components, so a page starts right after the token's directory and
+/// skips every subtree that lies wholly before it.
+struct Walk {
+    prefix: String,
+    after: Option<Vec<String>>,
+    limit: usize,
+    found: Vec<Coordinates>,
+}
+
+impl Walk {
+    /// Visits the subdirectories of `dir` (whose components below the root
+    /// are `comps`); returns once `limit` entries are found.
+    fn visit(&mut self, dir: &Path, comps: &mut Vec<String>) -> Result<()> {
+        let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
-            Err(e) if gone(&e) => continue,
+            Err(e) if gone(&e) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        let mut names = Vec::new();
         for entry in entries {
             let entry = match entry {
                 Ok(e) => e,
@@ -486,28 +577,52 @@ fn walk(root: &Path, prefix: &str) -> Result<Vec<Coordinates>> {
             if name.starts_with('.') || !matches!(entry.file_type(), Ok(t) if t.is_dir()) {
                 continue;
             }
-            let path = entry.path();
-            if !rel.is_empty()
-                && is_canonical_version(&name)
-                && rel.starts_with(prefix)
-                && visible_sync(&path, &name)?
-            {
-                if let Ok(c) = Coordinates::new(&rel, &name) {
-                    found.push(c);
-                }
+            names.push(name);
+        }
+        names.sort();
+        let module = comps.join("/");
+        for name in names {
+            if self.found.len() >= self.limit {
+                break;
             }
-            let sub = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
-            // Descend only where a module matching the prefix can be.
-            if sub.starts_with(prefix) || prefix.starts_with(&sub) {
-                stack.push((path, sub));
+            let path = dir.join(&name);
+            comps.push(name);
+            let r = self.visit_child(&path, comps, &module);
+            comps.pop();
+            r?;
+        }
+        Ok(())
+    }
+
+    /// `path` is the directory named by `comps`, a child of `module`'s.
+    fn visit_child(&mut self, path: &Path, comps: &mut Vec<String>, module: &str) -> Result<()> {
+        let name = comps.last().expect("a child").as_str();
+        let is_after = self
+            .after
+            .as_ref()
+            .is_none_or(|t| comps.as_slice() > t.as_slice());
+        if is_after
+            && !module.is_empty()
+            && is_canonical_version(name)
+            && module.starts_with(&self.prefix)
+            && visible_sync(path, name)?
+        {
+            if let Ok(c) = Coordinates::new(module, name) {
+                self.found.push(c);
             }
         }
+        let rel = comps.join("/");
+        let wanted = rel.starts_with(&self.prefix) || self.prefix.starts_with(&format!("{rel}/"));
+        // A subtree lies wholly before the token unless the token is in it.
+        let before = self
+            .after
+            .as_ref()
+            .is_some_and(|t| comps.as_slice() < t.as_slice() && !t.starts_with(comps));
+        if wanted && !before {
+            self.visit(path, comps)?;
+        }
+        Ok(())
     }
-    Ok(found)
 }
 
 /// `root` joined with `elems`, each of which must be exactly one normal path
@@ -538,6 +653,17 @@ fn join_under<'a>(root: &Path, elems: impl IntoIterator<Item = &'a str>) -> Resu
         return Err(Error::invalid("path would leave the storage root"));
     }
     Ok(path)
+}
+
+/// The identity of the stored files of `vdir` for the hash cache.
+fn file_id(vdir: &Path, version: &str) -> std::io::Result<FileId> {
+    let info = std::fs::metadata(vdir.join(info_file(version)))?;
+    let zip = std::fs::metadata(vdir.join(ZIP_FILE))?;
+    Ok(FileId {
+        info_mtime: info.modified()?,
+        zip_mtime: zip.modified()?,
+        zip_len: zip.len(),
+    })
 }
 
 /// Whether `vdir` holds `<version>.info`, `go.mod` and `source.zip`.

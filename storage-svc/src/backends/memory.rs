@@ -3,15 +3,17 @@
 //! one buffer) and streamed back as cheap `Bytes` clones.
 
 use crate::{
-    check_save, paginate, ByteStream, CatalogPage, SaveRequest, Storage, VersionStat, ZipReader,
+    decode_page_token, encode_page_token, ByteStream, Capabilities, CatalogPage, CreateOnly,
+    SaveRequest, Storage, VersionStat, ZipReader,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use modmesh_proto::coords::compare_versions;
 use modmesh_proto::{Coordinates, Error, ModulePath, Result, Version, MAX_CHUNK};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
 /// Builds the memory backend (it has no configuration).
@@ -29,7 +31,10 @@ struct Stored {
     stored_at_unix_ms: i64,
 }
 
-type Modules = BTreeMap<ModulePath, HashMap<Version, Arc<Stored>>>;
+type Modules = BTreeMap<ModulePath, BTreeMap<Version, Arc<Stored>>>;
+
+/// The tag of this backend's catalog page tokens.
+const TOKEN_TAG: &str = "memory";
 
 /// A [`Storage`] held in this process's memory.
 #[derive(Default)]
@@ -77,6 +82,17 @@ fn now_unix_ms() -> i64 {
 
 #[async_trait]
 impl Storage for MemoryStorage {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            create_only: CreateOnly::Native,
+            ..Capabilities::minimal()
+        }
+    }
+
+    async fn health(&self) -> Result<()> {
+        Ok(())
+    }
+
     async fn list(&self, module: &ModulePath) -> Result<Vec<String>> {
         let mut versions: Vec<String> = self
             .lock()
@@ -123,8 +139,7 @@ impl Storage for MemoryStorage {
     }
 
     async fn save(&self, req: SaveRequest, mut zip: ByteStream) -> Result<()> {
-        check_save(&req)?;
-        let c = req.coordinates;
+        let c = req.coordinates();
         if self.get(&c).is_ok() {
             return Err(Error::already_exists(format!("{c} already exists")));
         }
@@ -140,18 +155,14 @@ impl Storage for MemoryStorage {
                 chunks.push(chunk);
             }
         }
+        crate::hashing::check_size(&req, zip_size)?;
         let chunks: Arc<[Bytes]> = chunks.into();
-        let zip_hash = match req.zip_hash.filter(|h| !h.is_empty()) {
-            Some(h) => Some(h),
-            None => {
-                let chunks = chunks.clone();
-                tokio::task::spawn_blocking(move || {
-                    crate::zip_hash_reader(ChunkReader::new(chunks)).ok()
-                })
+        let hashed = chunks.clone();
+        let computed =
+            tokio::task::spawn_blocking(move || crate::zip_hash_reader(ChunkReader::new(hashed)))
                 .await
-                .unwrap_or(None)
-            }
-        };
+                .map_err(|e| Error::internal(format!("hashing task failed: {e}")))?;
+        let zip_hash = crate::hashing::settle(&req, computed)?;
         let stored = Arc::new(Stored {
             info: req.info,
             go_mod: req.go_mod,
@@ -179,28 +190,66 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
+    /// Ranges over the map from the token's (module, version): pages in
+    /// (module path, version string) order.
     async fn catalog(
         &self,
         page_token: Option<&str>,
         page_size: usize,
         module_prefix: &str,
     ) -> Result<CatalogPage> {
-        let entries: Vec<Coordinates> = {
-            let modules = self.lock();
-            modules
-                .iter()
-                // Keys are in path order, so the matches are one run.
-                .skip_while(|(m, _)| m.as_str() < module_prefix)
-                .take_while(|(m, _)| m.as_str().starts_with(module_prefix))
-                .flat_map(|(m, versions)| {
-                    versions.keys().map(move |v| Coordinates {
-                        module: m.clone(),
-                        version: v.clone(),
-                    })
-                })
-                .collect()
+        let after =
+            match page_token.filter(|t| !t.is_empty()) {
+                Some(t) => {
+                    let key = decode_page_token(TOKEN_TAG, t)?;
+                    let (m, v) = key.split_once('@').ok_or_else(|| {
+                        Error::invalid(format!("malformed catalog page token {t:?}"))
+                    })?;
+                    Some(Coordinates::new(m, v).map_err(|_| {
+                        Error::invalid(format!("malformed catalog page token {t:?}"))
+                    })?)
+                }
+                None => None,
+            };
+        let size = crate::page_size(page_size);
+        let modules = self.lock();
+        let start: &str = match &after {
+            Some(a) if a.module.as_str() >= module_prefix => a.module.as_str(),
+            _ => module_prefix,
         };
-        paginate(entries, page_token, page_size, module_prefix)
+        let mut entries = Vec::new();
+        let mut more = false;
+        let range = modules.range::<str, _>((Bound::Included(start), Bound::Unbounded));
+        'modules: for (m, versions) in range {
+            if !m.as_str().starts_with(module_prefix) {
+                break;
+            }
+            let from = match &after {
+                Some(a) if &a.module == m => Bound::Excluded(a.version.clone()),
+                _ => Bound::Unbounded,
+            };
+            for v in versions.range((from, Bound::Unbounded)).map(|(v, _)| v) {
+                if entries.len() == size {
+                    more = true;
+                    break 'modules;
+                }
+                entries.push(Coordinates {
+                    module: m.clone(),
+                    version: v.clone(),
+                });
+            }
+        }
+        let next_page_token = if more {
+            entries
+                .last()
+                .map(|c: &Coordinates| encode_page_token(TOKEN_TAG, &c.key()))
+        } else {
+            None
+        };
+        Ok(CatalogPage {
+            entries,
+            next_page_token,
+        })
     }
 }
 

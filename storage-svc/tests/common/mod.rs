@@ -37,6 +37,8 @@ pub async fn serve(storage: Arc<dyn Storage>) -> LoopbackServer {
 pub async fn over_grpc(inner: Fixture) -> Fixture {
     let server = serve(inner.storage.clone()).await;
     let client = StorageClient::new(&server.url).expect("client");
+    let caps = client.fetch_capabilities().await.expect("capabilities");
+    assert_eq!(caps, inner.storage.capabilities(), "capabilities over gRPC");
     Fixture::new(Arc::new(client)).keep(server).keep(inner)
 }
 
