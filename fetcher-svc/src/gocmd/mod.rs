@@ -434,9 +434,9 @@ impl GoFetcher {
         }
         match class {
             Class::NotExist | Class::NoMatch => {
-                tracing::debug!(what, ?class, message = %raw, "go found nothing")
+                tracing::debug!(what, ?class, go_message = %raw, "go found nothing")
             }
-            _ => tracing::warn!(what, ?class, message = %raw, "go failed"),
+            _ => tracing::warn!(what, ?class, go_message = %raw, "go failed"),
         }
         Failure {
             class: Some(class),
