@@ -296,6 +296,17 @@ async fn health_of_the_go_fetcher_and_of_the_client() {
     let (broken, _) = fetcher(s);
     let e = broken.health().await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Internal, "{e}");
+    // A go binary that runs but fails is a local fault too.
+    let failing = base.path().join("failing-go");
+    std::fs::write(&failing, "#!/bin/sh\necho broken >&2\nexit 3\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&failing, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut s = settings("off", base.path(), T);
+    s.go_binary = failing.display().to_string();
+    let (failing, _) = fetcher(s);
+    let e = failing.health().await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Internal, "{e}");
+    assert!(e.message.contains("broken"), "{e}");
 
     // Over gRPC: the service's grpc.health.v1 status.
     let srv = LoopbackServer::start(server::routes(f), &[server::SERVICE_NAME])

@@ -273,7 +273,14 @@ impl GoFetcher {
     pub async fn check(&self) -> Result<String> {
         let out = self.run(&["version"], "go version", None).await?;
         if !out.status.success() {
-            return Err(self.go_failure("go version", &out.stderr, out.status).error);
+            // The go binary itself is broken: a local fault.
+            let text = String::from_utf8_lossy(&out.stderr);
+            tracing::error!(status = %out.status, stderr = %text, "go version failed");
+            return Err(Error::internal(format!(
+                "go version failed ({}): {}",
+                out.status,
+                classify::scrub_paths(&clean_message(&text), &self.private_paths)
+            )));
         }
         let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let _ = self.version.set(v.clone());
