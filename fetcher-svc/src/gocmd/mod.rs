@@ -2,9 +2,9 @@
 //! upstream the go command's own environment names, and saves what it
 //! downloads into a [`Storage`] through [`Ingest`].
 //!
-//! The parts: [`process`] supervises one go run (process group, timeout,
-//! kill, reap), [`jobdir`] makes and removes its directory, [`output`]
-//! parses what go prints, [`classify`] decides what a failure means, and
+//! The parts: `process` supervises one go run (process group, timeout,
+//! kill, reap), `jobdir` makes and removes its directory, `output`
+//! parses what go prints, [`mod@classify`] decides what a failure means, and
 //! [`chain`] walks the `GOPROXY` list entry by entry. This module builds
 //! the command (environment isolation) and implements [`Fetcher`].
 //!
@@ -58,7 +58,7 @@
 //!
 //! # Errors
 //!
-//! [`classify`] maps go's messages to error kinds: a missing module or
+//! [`mod@classify`] maps go's messages to error kinds: a missing module or
 //! version is `NotFound`, an unreachable or failing upstream `Unavailable`,
 //! a 401/403 from the upstream `Permission`; a run over the timeout is
 //! `Timeout`; anything else go reports is `Unavailable`. `Internal` is kept
