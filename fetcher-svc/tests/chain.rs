@@ -43,6 +43,9 @@ fn chain_settings(goproxy: &str, base: &Path, timeout: Duration) -> GoSettings {
     let nowhere = closed_url();
     s.env_vars.push(format!("HTTPS_PROXY={nowhere}"));
     s.env_vars.push(format!("HTTP_PROXY={nowhere}"));
+    // Nothing inherited may exempt a host from that proxy.
+    s.env_vars.push("NO_PROXY=127.0.0.1".into());
+    s.env_vars.push("no_proxy=127.0.0.1".into());
     s
 }
 

@@ -127,7 +127,9 @@ pub fn closed_url() -> String {
 /// proxies loopback upstreams). Checksum-database checks are off.
 pub fn unreachable_direct_env(goproxy: &str) -> String {
     let nowhere = closed_url();
-    format!("GOPROXY={goproxy};GOSUMDB=off;HTTPS_PROXY={nowhere};HTTP_PROXY={nowhere}")
+    format!(
+        "GOPROXY={goproxy};GOSUMDB=off;HTTPS_PROXY={nowhere};HTTP_PROXY={nowhere};NO_PROXY=127.0.0.1;no_proxy=127.0.0.1"
+    )
 }
 
 /// `go env <name>` of this process.
