@@ -123,3 +123,147 @@ impl Ingest {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use futures::StreamExt;
+    use modmesh_proto::{Error, ModulePath};
+    use modmesh_storage::backends::memory::MemoryStorage;
+    use modmesh_storage::{CatalogPage, VersionStat, ZipReader};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A memory storage counting the reads that answer "stored?" and the
+    /// saves.
+    #[derive(Default)]
+    struct Counting {
+        inner: MemoryStorage,
+        checks: AtomicUsize,
+        saves: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Storage for Counting {
+        async fn list(&self, m: &ModulePath) -> Result<Vec<String>> {
+            self.inner.list(m).await
+        }
+        async fn info(&self, c: &Coordinates) -> Result<Bytes> {
+            self.checks.fetch_add(1, Ordering::SeqCst);
+            self.inner.info(c).await
+        }
+        async fn go_mod(&self, c: &Coordinates) -> Result<Bytes> {
+            self.inner.go_mod(c).await
+        }
+        async fn zip(&self, c: &Coordinates) -> Result<ZipReader> {
+            self.inner.zip(c).await
+        }
+        async fn exists(&self, c: &Coordinates) -> Result<bool> {
+            self.checks.fetch_add(1, Ordering::SeqCst);
+            self.inner.exists(c).await
+        }
+        async fn stat(&self, c: &Coordinates) -> Result<VersionStat> {
+            self.inner.stat(c).await
+        }
+        async fn save(&self, req: SaveRequest, zip: ByteStream) -> Result<()> {
+            self.saves.fetch_add(1, Ordering::SeqCst);
+            self.inner.save(req, zip).await
+        }
+        async fn delete(&self, c: &Coordinates) -> Result<()> {
+            self.inner.delete(c).await
+        }
+        async fn catalog(
+            &self,
+            page_token: Option<&str>,
+            page_size: usize,
+            module_prefix: &str,
+        ) -> Result<CatalogPage> {
+            self.inner
+                .catalog(page_token, page_size, module_prefix)
+                .await
+        }
+    }
+
+    fn zip_of(module: &str, version: &str) -> Bytes {
+        use std::io::Write;
+        let mut zw = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        zw.start_file(
+            format!("{module}@{version}/go.mod"),
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+        zw.write_all(format!("module {module}\n").as_bytes())
+            .unwrap();
+        Bytes::from(zw.finish().unwrap().into_inner())
+    }
+
+    fn downloaded(version: &str) -> Downloaded {
+        let zip = zip_of("example.com/a", version);
+        Downloaded {
+            version: Version::new(version).unwrap(),
+            info: Bytes::from(format!("{{\"Version\":\"{version}\"}}")),
+            go_mod: Bytes::from_static(b"module example.com/a\n"),
+            zip: futures::stream::once(async move { Ok(zip) }).boxed(),
+            zip_hash: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_stored_check_per_miss_and_none_fetched_when_stored() {
+        let storage = Arc::new(Counting::default());
+        let ingest = Ingest::new(storage.clone());
+        let c = Coordinates::new("example.com/a", "v1.0.0").unwrap();
+
+        // A miss of a canonical version: one check, one fetch, one save.
+        let got = ingest
+            .download(&c, || async { Ok(downloaded("v1.0.0")) })
+            .await
+            .unwrap();
+        assert_eq!(got.version.as_str(), "v1.0.0");
+        assert_eq!(storage.checks.load(Ordering::SeqCst), 1);
+        assert_eq!(storage.saves.load(Ordering::SeqCst), 1);
+        assert!(storage.inner.exists(&c).await.unwrap());
+
+        // Stored: one check, no fetch, no save.
+        let got = ingest
+            .download(&c, || async {
+                Err::<Downloaded, _>(Error::internal("must not fetch"))
+            })
+            .await
+            .unwrap();
+        assert_eq!(&got.info[..], b"{\"Version\":\"v1.0.0\"}");
+        assert_eq!(storage.checks.load(Ordering::SeqCst), 2);
+        assert_eq!(storage.saves.load(Ordering::SeqCst), 1);
+
+        // A query: fetched, then one check of the resolved version; stored
+        // already, so no save.
+        let q = Coordinates::new("example.com/a", "latest").unwrap();
+        let got = ingest
+            .download(&q, || async { Ok(downloaded("v1.0.0")) })
+            .await
+            .unwrap();
+        assert_eq!(got.version.as_str(), "v1.0.0");
+        assert_eq!(storage.checks.load(Ordering::SeqCst), 3);
+        assert_eq!(storage.saves.load(Ordering::SeqCst), 1);
+
+        // A query resolving to a new version: one check, one save.
+        let got = ingest
+            .download(&q, || async { Ok(downloaded("v1.1.0")) })
+            .await
+            .unwrap();
+        assert_eq!(got.version.as_str(), "v1.1.0");
+        assert_eq!(storage.checks.load(Ordering::SeqCst), 4);
+        assert_eq!(storage.saves.load(Ordering::SeqCst), 2);
+
+        // Fetch errors keep their kind and save nothing.
+        let c2 = Coordinates::new("example.com/a", "v2.0.0+incompatible").unwrap();
+        let e = ingest
+            .download(&c2, || async {
+                Err::<Downloaded, _>(Error::not_found("not there"))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        assert_eq!(storage.saves.load(Ordering::SeqCst), 2);
+    }
+}
