@@ -784,11 +784,15 @@ async fn big_zip_streams_with_bounded_memory() -> Result<()> {
 /// `go mod tidy` (every prefix of both package paths asked), `go build`,
 /// `go get` of a module version and of a package path, and 404 for the
 /// prefixes that are not modules.
-async fn resolve_nested_program(gw: &str, dir: &Path) -> Result<()> {
+async fn resolve_nested_program(
+    go: &modmesh_tests::chains::SharedBuildGo,
+    gw: &str,
+    dir: &Path,
+) -> Result<()> {
     use modmesh_tests::chains::{
         build_and_expect, nested_output, write_nested_program, INNER, INNER_V, OUTER,
     };
-    let env = GoEnv::new(gw)?;
+    let env = go.env(gw)?;
     write_nested_program(dir)?;
     env.run(dir, &["mod", "tidy"]).await?;
     let go_mod = std::fs::read_to_string(dir.join("go.mod"))?;
@@ -831,11 +835,12 @@ async fn resolve_nested_program(gw: &str, dir: &Path) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sub_directory_packages_resolve_through_a_chain_whose_direct_is_unreachable() -> Result<()>
 {
-    use modmesh_tests::chains::{add_nested_modules, unreachable_direct_env};
+    use modmesh_tests::chains::{add_nested_modules, unreachable_direct_env, SharedBuildGo};
     use modmesh_tests::topology::Mesh;
     let _heavy = HEAVY.lock().await;
     let t = Instant::now();
     let w = World::new()?;
+    let go = SharedBuildGo::new()?;
     add_nested_modules(&w.proxy)?;
     for (i, sep) in [",", "|"].into_iter().enumerate() {
         let chain = format!("{}{sep}direct", w.upstream.url());
@@ -851,9 +856,13 @@ async fn sub_directory_packages_resolve_through_a_chain_whose_direct_is_unreacha
         )?;
         spec.set("ATHENS_GO_BINARY_ENV_VARS", env_vars.clone());
         let mut gw = start_gateway(spec).await?;
-        resolve_nested_program(&gw.url(), &w.tmp.path().join(format!("prog-embedded-{i}")))
-            .await
-            .map_err(|e| anyhow!("GOPROXY={chain} (embedded): {e:#}\n{}", gw.log_tail(8000)))?;
+        resolve_nested_program(
+            &go,
+            &gw.url(),
+            &w.tmp.path().join(format!("prog-embedded-{i}")),
+        )
+        .await
+        .map_err(|e| anyhow!("GOPROXY={chain} (embedded): {e:#}\n{}", gw.log_tail(8000)))?;
         gw.stop()?;
         lap("chain", &format!("embedded, '{sep}'"), t);
 
@@ -868,6 +877,7 @@ async fn sub_directory_packages_resolve_through_a_chain_whose_direct_is_unreacha
         )
         .await?;
         resolve_nested_program(
+            &go,
             &mesh.gateways[0].url(),
             &w.tmp.path().join(format!("prog-mesh-{i}")),
         )

@@ -97,8 +97,95 @@ pub fn nested_output(outer_version: &str) -> String {
     format!("util(outer {outer_version})+pkg(inner v1.2.0 over outer {outer_version})")
 }
 
+/// The real go command for runs against several proxies: each
+/// [`SharedBuildGo::env`] has its own empty module cache (so every module
+/// comes through its proxy) while all share one build cache (so the
+/// standard library is compiled once). Otherwise isolated like
+/// [`GoEnv`]: `GOSUMDB=off`, `GOFLAGS=-mod=mod`, `GOTOOLCHAIN=local`, only
+/// `PATH` inherited.
+#[derive(Debug)]
+pub struct SharedBuildGo {
+    tmp: tempfile::TempDir,
+}
+
+/// One proxy and module cache of a [`SharedBuildGo`].
+#[derive(Debug)]
+pub struct ProxyGo<'a> {
+    shared: &'a SharedBuildGo,
+    proxy: String,
+    modcache: std::path::PathBuf,
+}
+
+impl SharedBuildGo {
+    /// A fresh build cache.
+    pub fn new() -> Result<SharedBuildGo> {
+        let tmp = tempfile::Builder::new().prefix("goshared-").tempdir()?;
+        for d in ["gocache", "home", "gopath"] {
+            std::fs::create_dir(tmp.path().join(d))?;
+        }
+        Ok(SharedBuildGo { tmp })
+    }
+
+    /// Runs against `proxy` with a new, empty module cache.
+    pub fn env(&self, proxy: &str) -> Result<ProxyGo<'_>> {
+        let modcache = tempfile::Builder::new()
+            .prefix("modcache-")
+            .tempdir_in(self.tmp.path())?
+            .keep();
+        Ok(ProxyGo {
+            shared: self,
+            proxy: proxy.into(),
+            modcache,
+        })
+    }
+}
+
+impl Drop for SharedBuildGo {
+    fn drop(&mut self) {
+        // Module caches are read-only; make them removable.
+        crate::goclient::make_writable(self.tmp.path());
+    }
+}
+
+impl ProxyGo<'_> {
+    /// Runs `go <args>` in `dir`; fails (with its output) unless it exits 0.
+    pub async fn run(&self, dir: &Path, args: &[&str]) -> Result<String> {
+        let t = self.shared.tmp.path();
+        let mut cmd = tokio::process::Command::new("go");
+        cmd.env_clear();
+        if let Some(p) = std::env::var_os("PATH") {
+            cmd.env("PATH", p);
+        }
+        cmd.env("GOPROXY", &self.proxy)
+            .env("GOSUMDB", "off")
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOTOOLCHAIN", "local")
+            .env("GOMODCACHE", &self.modcache)
+            .env("GOCACHE", t.join("gocache"))
+            .env("GOPATH", t.join("gopath"))
+            .env("HOME", t.join("home"))
+            .env("CGO_ENABLED", "0")
+            .args(args)
+            .current_dir(dir)
+            .kill_on_drop(true);
+        let out = cmd.output().await.context("run `go`")?;
+        if !out.status.success() {
+            bail!(
+                "`go {}` in {} failed ({}) with GOPROXY={}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                args.join(" "),
+                dir.display(),
+                out.status,
+                self.proxy,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
 /// Builds the program in `dir` and checks that it prints `want`.
-pub async fn build_and_expect(env: &GoEnv, dir: &Path, want: &str) -> Result<()> {
+pub async fn build_and_expect(env: &ProxyGo<'_>, dir: &Path, want: &str) -> Result<()> {
     env.run(dir, &["build", "-o", "app", "."]).await?;
     let out = tokio::process::Command::new(dir.join("app"))
         .env_clear()
