@@ -779,3 +779,191 @@ async fn big_zip_streams_with_bounded_memory() -> Result<()> {
     lap("big-zip", "total", t);
     Ok(())
 }
+
+/// Resolves the nested program in `dir` through the gateway at `gw`:
+/// `go mod tidy` (every prefix of both package paths asked), `go build`,
+/// `go get` of a module version and of a package path, and 404 for the
+/// prefixes that are not modules.
+async fn resolve_nested_program(
+    go: &modmesh_tests::chains::SharedBuildGo,
+    gw: &str,
+    dir: &Path,
+) -> Result<()> {
+    use modmesh_tests::chains::{
+        build_and_expect, nested_output, write_nested_program, INNER, INNER_V, OUTER,
+    };
+    let env = go.env(gw)?;
+    write_nested_program(dir)?;
+    env.run(dir, &["mod", "tidy"]).await?;
+    let go_mod = std::fs::read_to_string(dir.join("go.mod"))?;
+    ensure!(
+        go_mod.contains(&format!("{OUTER} v1.1.0"))
+            && go_mod.contains(&format!("{INNER} {INNER_V}")),
+        "go.mod after tidy:\n{go_mod}"
+    );
+    build_and_expect(&env, dir, &nested_output("v1.1.0")).await?;
+    env.run(dir, &["get", &format!("{OUTER}@v1.0.0")]).await?;
+    build_and_expect(&env, dir, &nested_output("v1.0.0")).await?;
+    env.run(dir, &["get", &format!("{OUTER}/util@latest")])
+        .await?;
+    build_and_expect(&env, dir, &nested_output("v1.1.0")).await?;
+    for path in [
+        "/example.com/outer/util/@v/list",
+        "/example.com/outer/util/@latest",
+        "/example.com/outer/inner/deep/pkg/@v/list",
+        "/example.com/outer/inner/deep/@latest",
+        "/example.com/@v/list",
+        "/example.com/outer/@v/v9.9.9.info",
+        "/example.com/outer/@v/no-such-branch.info",
+    ] {
+        let r = get(&format!("{gw}{path}")).await?;
+        ensure!(
+            r.status == StatusCode::NOT_FOUND,
+            "{path}: {} {} (want 404)",
+            r.status,
+            r.text()
+        );
+    }
+    Ok(())
+}
+
+/// With a fetcher `GOPROXY` of `<made-up upstream>,direct` (then `|`)
+/// where `direct` reaches nothing, packages in sub-directories of made-up
+/// modules, one in a nested module whose prefix is also a module, resolve
+/// with `go mod tidy`, `go get` and `go build` through an embedded gateway
+/// and through the mesh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_directory_packages_resolve_through_a_chain_whose_direct_is_unreachable() -> Result<()>
+{
+    use modmesh_tests::chains::{add_nested_modules, unreachable_direct_env, SharedBuildGo};
+    use modmesh_tests::topology::Mesh;
+    let _heavy = HEAVY.lock().await;
+    let t = Instant::now();
+    let w = World::new()?;
+    let go = SharedBuildGo::new()?;
+    add_nested_modules(&w.proxy)?;
+    for (i, sep) in [",", "|"].into_iter().enumerate() {
+        let chain = format!("{}{sep}direct", w.upstream.url());
+        let env_vars = unreachable_direct_env(&chain);
+
+        let store = w.tmp.path().join(format!("store-embedded-{i}"));
+        std::fs::create_dir(&store)?;
+        let mut spec = embedded_spec(
+            &format!("gateway-chain-{i}"),
+            w.tmp.path(),
+            &Store::Disk(store),
+            &chain,
+        )?;
+        spec.set("ATHENS_GO_BINARY_ENV_VARS", env_vars.clone());
+        let mut gw = start_gateway(spec).await?;
+        resolve_nested_program(
+            &go,
+            &gw.url(),
+            &w.tmp.path().join(format!("prog-embedded-{i}")),
+        )
+        .await
+        .map_err(|e| anyhow!("GOPROXY={chain} (embedded): {e:#}\n{}", gw.log_tail(8000)))?;
+        gw.stop()?;
+        lap("chain", &format!("embedded, '{sep}'"), t);
+
+        let store = w.tmp.path().join(format!("store-mesh-{i}"));
+        std::fs::create_dir(&store)?;
+        let mut mesh = Mesh::start_with_fetcher_env(
+            &w.tmp.path().join(format!("mesh-{i}")),
+            &Store::Disk(store),
+            &chain,
+            1,
+            &[("ATHENS_GO_BINARY_ENV_VARS", env_vars.as_str())],
+        )
+        .await?;
+        resolve_nested_program(
+            &go,
+            &mesh.gateways[0].url(),
+            &w.tmp.path().join(format!("prog-mesh-{i}")),
+        )
+        .await
+        .map_err(|e| anyhow!("GOPROXY={chain} (mesh): {e:#}\n{}", mesh.log_tails(6000)))?;
+        mesh.stop()?;
+        lap("chain", &format!("mesh, '{sep}'"), t);
+    }
+    // Four topologies, each with its own store and module cache: each zip
+    // is fetched from the upstream at most once by each.
+    let many: Vec<_> = w
+        .upstream
+        .counts()
+        .into_iter()
+        .filter(|(p, n)| p.ends_with(".zip") && *n > 4)
+        .collect();
+    ensure!(many.is_empty(), "zips fetched too often: {many:?}");
+    Ok(())
+}
+
+/// Real modules through the real upstream `go env GOPROXY` names on this
+/// machine: `go mod tidy` through an embedded gateway (whose fetcher uses
+/// that same GOPROXY, `direct` included) gives the same go.mod and go.sum
+/// as straight from the upstream. Skipped (printing "SKIPPED: ...") only
+/// when that upstream cannot be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_modules_tidy_through_the_gateway_as_straight_from_the_upstream() -> Result<()> {
+    use modmesh_tests::chains::{first_proxy_url, go_env, go_reaches, write_real_program};
+    let _heavy = HEAVY.lock().await;
+    let t = Instant::now();
+    let goproxy = go_env("GOPROXY")?;
+    let Some(url) = first_proxy_url(&goproxy) else {
+        eprintln!("SKIPPED: go env GOPROXY ({goproxy}) names no proxy to compare with");
+        return Ok(());
+    };
+    if let Err(e) = go_reaches(&url, "golang.org/x/text", Duration::from_secs(60)).await {
+        eprintln!("SKIPPED: the upstream {url} cannot be reached: {e:#}");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+
+    let straight = tmp.path().join("straight");
+    write_real_program(&straight)?;
+    GoEnv::new(&goproxy)?
+        .run(&straight, &["mod", "tidy"])
+        .await?;
+    lap("real", "tidy straight from the upstream", t);
+
+    let store = tmp.path().join("store");
+    std::fs::create_dir(&store)?;
+    let mut spec = embedded_spec("gateway-real", tmp.path(), &Store::Disk(store), &goproxy)?;
+    let gosumdb = go_env("GOSUMDB")?;
+    spec.set(
+        "ATHENS_GO_BINARY_ENV_VARS",
+        format!("GOPROXY={goproxy};GOSUMDB={gosumdb}"),
+    );
+    let mut gw = start_gateway(spec).await?;
+    let through = tmp.path().join("through");
+    write_real_program(&through)?;
+    let env = GoEnv::new(&gw.url())?;
+    env.run(&through, &["mod", "tidy"])
+        .await
+        .map_err(|e| anyhow!("{e:#}\n{}", gw.log_tail(8000)))?;
+    lap("real", "tidy through the gateway", t);
+    for file in ["go.mod", "go.sum"] {
+        let a = std::fs::read_to_string(straight.join(file))?;
+        let b = std::fs::read_to_string(through.join(file))?;
+        ensure!(
+            a == b,
+            "{file} differs:\n--- straight ---\n{a}\n--- through the gateway ---\n{b}"
+        );
+    }
+    let go_mod = std::fs::read_to_string(through.join("go.mod"))?;
+    ensure!(
+        go_mod.contains("golang.org/x/text v") && go_mod.contains("github.com/google/uuid v"),
+        "{go_mod}"
+    );
+    // A package path that is not a module is 404 through the gateway.
+    let r = get(&format!("{}/golang.org/x/text/language/@v/list", gw.url())).await?;
+    ensure!(
+        r.status == StatusCode::NOT_FOUND,
+        "golang.org/x/text/language list: {} {}",
+        r.status,
+        r.text()
+    );
+    gw.stop()?;
+    lap("real", "total", t);
+    Ok(())
+}

@@ -7,17 +7,25 @@ use bytes::Bytes;
 use modmesh_proto::pb::fetcher_client::FetcherClient as RpcClient;
 use modmesh_proto::pb::ModuleRef;
 use modmesh_proto::{request_id, Coordinates, Error, ModulePath, Result, Version, MAX_MESSAGE};
+use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 type Interceptor = fn(tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status>;
 type Inner = RpcClient<InterceptedService<Channel, Interceptor>>;
+
+/// How long [`Fetcher::health`] waits for the remote service's answer.
+pub const HEALTH_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A [`Fetcher`] that calls a remote Fetcher service. Every call carries
 /// the current request id; errors keep their kind.
 #[derive(Debug, Clone)]
 pub struct FetcherClient {
     inner: Inner,
+    channel: Channel,
 }
 
 impl FetcherClient {
@@ -31,10 +39,11 @@ impl FetcherClient {
 
     /// A client over an existing channel.
     pub fn from_channel(channel: Channel) -> Self {
-        let inner = RpcClient::with_interceptor(channel, request_id::propagate as Interceptor)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
-        FetcherClient { inner }
+        let inner =
+            RpcClient::with_interceptor(channel.clone(), request_id::propagate as Interceptor)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE);
+        FetcherClient { inner, channel }
     }
 }
 
@@ -67,5 +76,31 @@ impl Fetcher for FetcherClient {
     async fn query(&self, c: &Coordinates) -> Result<Bytes> {
         let reply = self.inner.clone().query(c.to_pb()).await?.into_inner();
         Ok(reply.data)
+    }
+
+    /// `grpc.health.v1.Health/Check` for `modmesh.v1.Fetcher`, within
+    /// [`HEALTH_DEADLINE`].
+    async fn health(&self) -> Result<()> {
+        let mut req = tonic::Request::new(HealthCheckRequest {
+            service: crate::server::SERVICE_NAME.to_string(),
+        });
+        req.set_timeout(HEALTH_DEADLINE);
+        let mut client = HealthClient::new(self.channel.clone());
+        let reply = tokio::time::timeout(HEALTH_DEADLINE, client.check(req))
+            .await
+            .map_err(|_| {
+                Error::timeout(format!(
+                    "the fetcher's health check took over {}s",
+                    HEALTH_DEADLINE.as_secs()
+                ))
+            })??
+            .into_inner();
+        match reply.status() {
+            ServingStatus::Serving => Ok(()),
+            other => Err(Error::unavailable(format!(
+                "the fetcher service reports {}",
+                other.as_str_name()
+            ))),
+        }
     }
 }

@@ -1,9 +1,10 @@
 //! The fetcher service: runs the Go toolchain against the upstream.
 //!
 //! [`Fetcher`] is the trait; [`gocmd::GoFetcher`] runs the real `go`
-//! command and saves what it downloads into a [`Storage`]; [`server`]
-//! serves any `Arc<dyn Fetcher>` over gRPC and [`client::FetcherClient`] is
-//! a `Fetcher` over gRPC.
+//! command and saves what it downloads into a [`Storage`] through
+//! [`ingest::Ingest`] (the already-stored check and the save, shared by
+//! every fetcher); [`server`] serves any `Arc<dyn Fetcher>` over gRPC and
+//! [`client::FetcherClient`] is a `Fetcher` over gRPC.
 
 #![warn(missing_docs)]
 
@@ -13,6 +14,7 @@ use modmesh_proto::{Coordinates, ModulePath, Result, Version};
 
 pub mod client;
 pub mod gocmd;
+pub mod ingest;
 pub mod server;
 
 pub use modmesh_storage::Storage;
@@ -28,9 +30,10 @@ pub struct Fetched {
 
 /// Talks to the upstream.
 ///
-/// Errors: an upstream "not found" is `NotFound`; a run over the timeout is
-/// `Timeout`; an unreachable upstream is `Unavailable`; anything else keeps
-/// its own kind (`Internal` at worst).
+/// Errors: a module or version an upstream said is not there is `NotFound`;
+/// a run over the timeout is `Timeout`; an unreachable or failing upstream
+/// is `Unavailable`; an upstream's refusal is `Permission`; `Internal` only
+/// for local faults. Messages carry no server paths.
 #[async_trait]
 pub trait Fetcher: Send + Sync + 'static {
     /// Downloads module@version (a version or a query) and saves it into
@@ -41,4 +44,7 @@ pub trait Fetcher: Send + Sync + 'static {
     /// Resolves a query (`latest`, a branch, a revision, a version) to its
     /// `.info` JSON without downloading the module.
     async fn query(&self, c: &Coordinates) -> Result<Bytes>;
+    /// Whether the fetcher can work: for the go fetcher, the go binary
+    /// runs; for a client, the remote service reports itself serving.
+    async fn health(&self) -> Result<()>;
 }

@@ -27,6 +27,10 @@ async fn main() {
             tracing::error!(error = %e, "the go command cannot be run; every fetch will fail")
         }
     }
+    // Reads (and logs) the go command's GOPROXY list once, up front.
+    if let Err(e) = go.goproxy().await {
+        tracing::error!(error = %e, "the go command's GOPROXY cannot be read");
+    }
     let listener = run::bind(NAME, "FetcherSvcListen", &cfg.FetcherSvcListen, ":50053").await;
     server::serve_grpc(
         listener,

@@ -211,9 +211,11 @@ async fn a_missing_go_binary_is_internal_with_a_clear_message() {
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Internal);
     assert!(
-        e.message.contains("no-such-go") && e.message.contains("not found"),
+        e.message.contains("GoBinary") && e.message.contains("not found"),
         "{e}"
     );
+    // No server path in what is sent back.
+    assert!(!e.message.contains(&*base.path().to_string_lossy()), "{e}");
     assert!(f.check().await.is_err());
     assert!(job_dirs(base.path()).is_empty());
 }
@@ -264,7 +266,7 @@ fn recording_go(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\nprintf '%s\\n' \"$@\" > {log}.args\npwd > {log}.pwd\nls -A > {log}.ls\nenv > {log}.env\necho '{{\"Path\":\"example.com/x\",\"Version\":\"v1.0.0\",\"Error\":\"example.com/x@v1.0.0: reading file:///up/example.com/x/@v/v1.0.0.info: no such file or directory\"}}'\nexit 1\n",
+            "#!/bin/sh\nif [ \"$1\" = env ]; then printf '{{\"GOPROXY\":\"%s\",\"GONOPROXY\":\"\"}}\\n' \"$GOPROXY\"; exit 0; fi\nprintf '%s\\n' \"$@\" > {log}.args\npwd > {log}.pwd\nls -A > {log}.ls\nenv > {log}.env\necho '{{\"Path\":\"example.com/x\",\"Version\":\"v1.0.0\",\"Error\":\"example.com/x@v1.0.0: reading file:///up/example.com/x/@v/v1.0.0.info: no such file or directory\"}}'\nexit 1\n",
             log = log.display()
         ),
     )

@@ -41,10 +41,15 @@ async fn a_hanging_upstream_times_out_and_leaves_no_process() {
     assert!(job_dirs(base.path()).is_empty());
 }
 
-/// A stand-in go binary that starts a grandchild and then hangs.
+/// A stand-in go binary that answers `go env` at once and otherwise starts
+/// a grandchild and then hangs.
 fn forking_go(dir: &std::path::Path) -> std::path::PathBuf {
     let script = dir.join("forking-go");
-    std::fs::write(&script, "#!/bin/sh\nsleep 300 &\nsleep 301\n").unwrap();
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nif [ \"$1\" = env ]; then echo '{\"GOPROXY\":\"off\",\"GONOPROXY\":\"\"}'; exit 0; fi\nsleep 300 &\nsleep 301\n",
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     script
@@ -65,7 +70,7 @@ async fn a_timeout_kills_grandchildren_too() {
     let tools = Scratch::new("modmesh-tools-");
     let base = Scratch::new("modmesh-base-");
     let (f, _) = fetcher(forking_settings(&tools, &base, Duration::from_secs(2)));
-    let marker = tools.path().join("forking-go").display().to_string();
+    let marker = format!("{} list", tools.path().join("forking-go").display());
     let watch = tokio::spawn(async move {
         let leader = wait_for_process(&marker, Duration::from_secs(10)).await?;
         // Wait for the grandchild too.
@@ -102,7 +107,7 @@ async fn dropping_the_future_kills_the_group() {
     let tools = Scratch::new("modmesh-tools-");
     let base = Scratch::new("modmesh-base-");
     let (f, _) = fetcher(forking_settings(&tools, &base, Duration::from_secs(120)));
-    let marker = tools.path().join("forking-go").display().to_string();
+    let marker = format!("{} mod", tools.path().join("forking-go").display());
 
     let c = coords("example.com/cancelled", "v1.0.0");
     let fut = f.download(&c);
@@ -168,7 +173,7 @@ async fn a_grpc_client_going_away_kills_the_group() {
     let tools = Scratch::new("modmesh-tools-");
     let base = Scratch::new("modmesh-base-");
     let (f, _) = fetcher(forking_settings(&tools, &base, Duration::from_secs(120)));
-    let marker = tools.path().join("forking-go").display().to_string();
+    let marker = format!("{} mod", tools.path().join("forking-go").display());
 
     let srv = LoopbackServer::start(server::routes(f), &[server::SERVICE_NAME])
         .await

@@ -378,6 +378,9 @@ mod scripted {
                 info,
             })
         }
+        async fn health(&self) -> Result<()> {
+            Ok(())
+        }
         /// The module's list file; every path ending in `/sub` is not a
         /// module.
         async fn list(&self, m: &ModulePath) -> Result<Vec<String>> {

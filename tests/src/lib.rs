@@ -10,9 +10,12 @@
 //! - [`topology`]: an embedded gateway, or the mesh of services.
 //! - [`goclient`]: the real `go` command with an isolated environment.
 //! - [`http`]: plain and raw HTTP clients.
+//! - [`chains`]: package resolution through `GOPROXY` lists (nested and
+//!   sub-directory packages, an unreachable `direct`, the real upstream).
 
 #![warn(missing_docs)]
 
+pub mod chains;
 pub mod fixtures;
 pub mod goclient;
 pub mod http;

@@ -117,6 +117,18 @@ impl Mesh {
     /// goget dir, all saving into the storage-svc) and `n` gateways, under
     /// `dir`, and waits until every gateway's `/readyz` is 200.
     pub async fn start(dir: &Path, store: &Store, upstream: &str, n: usize) -> Result<Mesh> {
+        Mesh::start_with_fetcher_env(dir, store, upstream, n, &[]).await
+    }
+
+    /// Like [`Mesh::start`], with `env` set on every fetcher over the
+    /// defaults (e.g. its own `ATHENS_GO_BINARY_ENV_VARS`).
+    pub async fn start_with_fetcher_env(
+        dir: &Path,
+        store: &Store,
+        upstream: &str,
+        n: usize,
+        env: &[(&str, &str)],
+    ) -> Result<Mesh> {
         let mut storage = base_spec("storage-svc", "storage-svc", dir);
         storage.env.extend(store.env());
         let a = storage.addr.clone();
@@ -134,6 +146,9 @@ impl Mesh {
         for i in 0..n {
             let mut f = base_spec("fetcher-svc", &format!("fetcher-{}", i + 1), dir);
             with_fetcher_env(&mut f, dir, upstream)?;
+            for (k, v) in env {
+                f.set(k, *v);
+            }
             let a = f.addr.clone();
             f.set("ATHENS_FETCHER_SVC_LISTEN", a);
             f.set("ATHENS_STORAGE_SVC_URL", storage_url.clone());

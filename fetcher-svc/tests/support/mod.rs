@@ -157,6 +157,8 @@ pub enum Mode {
     Files,
     /// Reads the request and never answers.
     Hang,
+    /// Answers every request with this status and a short body.
+    Status(u16),
 }
 
 /// A GOPROXY over HTTP on 127.0.0.1 serving a directory, counting requests.
@@ -196,9 +198,13 @@ impl HttpUpstream {
                         std::future::pending::<()>().await;
                     }
                     let file = root.join(path.trim_start_matches('/'));
-                    let (status, body) = match std::fs::read(&file) {
-                        Ok(b) if !path.contains("..") => ("200 OK", b),
-                        _ => ("404 Not Found", b"not found\n".to_vec()),
+                    let (status, body) = match (mode, std::fs::read(&file)) {
+                        (Mode::Status(code), _) => (
+                            format!("{code} Status {code}"),
+                            b"upstream says no\n".to_vec(),
+                        ),
+                        (_, Ok(b)) if !path.contains("..") => ("200 OK".to_string(), b),
+                        _ => ("404 Not Found".to_string(), b"not found\n".to_vec()),
                     };
                     let head = format!(
                         "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
