@@ -559,15 +559,7 @@ fn from_table_noting<T: DeserializeOwned>(
 
 /// Deserializes a section from `value`; an error names the full key path.
 fn from_table<T: DeserializeOwned>(path: &str, value: toml::Value) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let inner = e.path().to_string();
-        let key = match (path.is_empty(), inner == ".") {
-            (true, _) => inner,
-            (false, true) => path.to_string(),
-            (false, false) => format!("{path}.{inner}"),
-        };
-        err(&key, e.into_inner().to_string())
-    })
+    from_table_noting(path, value, &mut Vec::new())
 }
 
 /// The table at dotted `path` in `t` (the whole of `t` for an empty path).
