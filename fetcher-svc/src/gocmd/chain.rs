@@ -70,6 +70,35 @@ pub fn parse(goproxy: &str) -> Vec<Entry> {
     out
 }
 
+/// `goproxy` (a list or one entry) with the passwords of URLs such as
+/// `https://user:pass@host` replaced by `xxxxx`, for logs.
+pub fn redacted(goproxy: &str) -> String {
+    let mut out = String::with_capacity(goproxy.len());
+    let mut rest = goproxy;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail.find([',', '|', '/']).unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let user = authority[..at].split(':').next().unwrap_or("");
+                if authority[..at].contains(':') {
+                    out.push_str(user);
+                    out.push_str(":xxxxx");
+                } else {
+                    out.push_str(user);
+                }
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Whether `target` (a module path) matches one of the comma-separated
 /// `path.Match` globs in `patterns`, each matched against as many leading
 /// path elements of `target` as it has (the go command's
@@ -230,7 +259,7 @@ where
         let Some(class) = failure.class else {
             return Err(failure.error);
         };
-        tracing::debug!(entry = %entry.url, ?class, error = %failure.error, "GOPROXY entry failed");
+        tracing::debug!(entry = %redacted(&entry.url), ?class, error = %failure.error, "GOPROXY entry failed");
         let r = rank(class);
         if best.as_ref().is_none_or(|(b, _)| r > *b) {
             best = Some((r, failure.error));
@@ -271,6 +300,16 @@ mod tests {
         assert_eq!(parse("a|direct,b"), [e("a", true), e("direct", false)]);
         assert_eq!(parse(""), []);
         assert_eq!(parse("file:///x"), [e("file:///x", false)]);
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redacted("https://u:secret@a.test/p,http://b.test|https://tok@c.test,direct"),
+            "https://u:xxxxx@a.test/p,http://b.test|https://tok@c.test,direct"
+        );
+        assert_eq!(redacted("file:///x"), "file:///x");
+        assert_eq!(redacted("off"), "off");
     }
 
     #[test]

@@ -303,7 +303,7 @@ impl GoFetcher {
                 match env {
                     Some(env) if out.status.success() => {
                         let entries = chain::parse(&env.GOPROXY);
-                        tracing::info!(goproxy = %env.GOPROXY, gonoproxy = %env.GONOPROXY, "the go command's upstream");
+                        tracing::info!(goproxy = %chain::redacted(&env.GOPROXY), gonoproxy = %env.GONOPROXY, "the go command's upstream");
                         Ok(ProxyEnv {
                             entries,
                             no_proxy: env.GONOPROXY,
@@ -402,7 +402,7 @@ impl GoFetcher {
         let label = format!(
             "{} (GOPROXY={})",
             args.join(" "),
-            goproxy.unwrap_or("as set")
+            goproxy.map_or_else(|| "as set".to_string(), chain::redacted)
         );
         process::run(cmd, self.settings.timeout, &label)
             .await
@@ -435,7 +435,10 @@ impl GoFetcher {
     fn go_failure(&self, what: &str, message: &[u8], status: ExitStatus) -> Failure {
         let raw = String::from_utf8_lossy(message);
         let class = class_of(&raw);
-        let mut text = classify::scrub_paths(&clean_message(&raw), &self.private_paths);
+        let mut text = chain::redacted(&classify::scrub_paths(
+            &clean_message(&raw),
+            &self.private_paths,
+        ));
         if text.is_empty() {
             text = format!("the go command failed ({status})");
         }
