@@ -217,3 +217,123 @@ impl Mesh {
             .join("\n")
     }
 }
+
+/// A mesh whose lock-svc is replicated: one storage-svc, `locks` lock-svc
+/// replicas sharing one lock backend (given by their environment, e.g.
+/// `ATHENS_SINGLE_FLIGHT_TYPE=redis` and its endpoint), `fetchers`
+/// fetcher-svc and `gateways` gateways, gateway i using fetcher
+/// `i % fetchers` and lock-svc `i % locks`.
+#[derive(Debug)]
+pub struct SharedLockMesh {
+    /// `storage-svc`.
+    pub storage: Proc,
+    /// The `lock-svc` replicas.
+    pub locks: Vec<Proc>,
+    /// `fetcher-svc` processes.
+    pub fetchers: Vec<Proc>,
+    /// `gateway` processes.
+    pub gateways: Vec<Proc>,
+}
+
+impl SharedLockMesh {
+    /// Starts the mesh under `dir` and waits until every gateway's
+    /// `/readyz` is 200.
+    pub async fn start(
+        dir: &Path,
+        store: &Store,
+        upstream: &str,
+        counts: (usize, usize, usize),
+        lock_env: &[(&str, &str)],
+    ) -> Result<SharedLockMesh> {
+        let (gateways, fetchers, locks) = counts;
+        anyhow::ensure!(
+            gateways > 0 && fetchers > 0 && locks > 0,
+            "a mesh needs at least one of each"
+        );
+        let mut storage = base_spec("storage-svc", "storage-svc", dir);
+        storage.env.extend(store.env());
+        let a = storage.addr.clone();
+        storage.set("ATHENS_STORAGE_SVC_LISTEN", a);
+        let storage_url = format!("http://{}", storage.addr);
+        let mut storage = Proc::spawn(storage)?;
+
+        let mut lock_procs = Vec::new();
+        for i in 0..locks {
+            let mut l = base_spec("lock-svc", &format!("lock-{}", i + 1), dir);
+            for (k, v) in lock_env {
+                l.set(k, *v);
+            }
+            let a = l.addr.clone();
+            l.set("ATHENS_LOCK_SVC_LISTEN", a);
+            lock_procs.push(Proc::spawn(l)?);
+        }
+        let mut fetcher_procs = Vec::new();
+        for i in 0..fetchers {
+            let mut f = base_spec("fetcher-svc", &format!("fetcher-{}", i + 1), dir);
+            with_fetcher_env(&mut f, dir, upstream)?;
+            let a = f.addr.clone();
+            f.set("ATHENS_FETCHER_SVC_LISTEN", a);
+            f.set("ATHENS_STORAGE_SVC_URL", storage_url.clone());
+            fetcher_procs.push(Proc::spawn(f)?);
+        }
+        storage.wait_listening(READY_TIMEOUT).await?;
+        for p in lock_procs.iter_mut().chain(fetcher_procs.iter_mut()) {
+            p.wait_listening(READY_TIMEOUT).await?;
+        }
+
+        let mut gateway_procs = Vec::new();
+        for i in 0..gateways {
+            let label = format!("gateway-{}", (b'a' + i as u8) as char);
+            let mut g = base_spec("gateway", &label, dir);
+            g.env.extend(store.env());
+            let a = g.addr.clone();
+            g.set("ATHENS_PORT", a);
+            g.set("ATHENS_STORAGE_SVC_URL", storage_url.clone());
+            g.set("ATHENS_LOCK_SVC_URL", lock_procs[i % locks].url());
+            g.set("ATHENS_FETCHER_SVC_URL", fetcher_procs[i % fetchers].url());
+            gateway_procs.push(Proc::spawn(g)?);
+        }
+        for g in &mut gateway_procs {
+            g.wait_ready(READY_TIMEOUT)
+                .await
+                .with_context(|| format!("mesh under {}", dir.display()))?;
+        }
+        Ok(SharedLockMesh {
+            storage,
+            locks: lock_procs,
+            fetchers: fetcher_procs,
+            gateways: gateway_procs,
+        })
+    }
+
+    /// Every process, gateways first.
+    pub fn procs(&self) -> Vec<&Proc> {
+        let mut v: Vec<&Proc> = self.gateways.iter().collect();
+        v.extend(self.fetchers.iter());
+        v.extend(self.locks.iter());
+        v.push(&self.storage);
+        v
+    }
+
+    /// Stops every process with SIGTERM, gateways first, asserting exit 0 of each.
+    pub fn stop(&mut self) -> Result<()> {
+        for p in self
+            .gateways
+            .iter_mut()
+            .chain(self.fetchers.iter_mut())
+            .chain(self.locks.iter_mut())
+        {
+            p.stop()?;
+        }
+        self.storage.stop()
+    }
+
+    /// Logs of every process, for failure messages.
+    pub fn log_tails(&self, bytes: u64) -> String {
+        self.procs()
+            .iter()
+            .map(|p| p.log_tail(bytes))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
