@@ -375,33 +375,21 @@ impl ModuleService {
         }
     }
 
-    /// Whether every service answers its health check, each within a
-    /// deadline.
+    /// Whether every service answers its health check within a deadline,
+    /// through the same channel that carries its traffic (or in process,
+    /// for an embedded service).
     pub async fn ready(&self) -> Result<()> {
         let s = &self.inner.services;
         let d = Deadline::after(self.inner.settings.timeout.min(Duration::from_secs(5)));
-        d.run(
-            "storage health",
-            s.storage
-                .list(&ModulePath::new("github.com/gomods/athens")?),
-        )
-        .await
-        .map_err(|e| Error::unavailable(format!("storage: {e}")))?;
-        for (name, channel) in &s.remotes {
-            let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-            let req = tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            };
-            let status = tokio::time::timeout(d.left(), client.check(req))
-                .await
-                .map_err(|_| Error::unavailable(format!("{name}: health check timed out")))?
-                .map_err(|e| Error::unavailable(format!("{name}: {}", e.message())))?
-                .into_inner()
-                .status;
-            if status != tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
-                return Err(Error::unavailable(format!("{name}: not serving")));
-            }
-        }
+        let name = |n: &'static str| move |e: Error| Error::unavailable(format!("{n}: {e}"));
+        let (a, b, c) = tokio::join!(
+            d.run("storage health", s.storage.health()),
+            d.run("lock health", s.lock.health()),
+            d.run("fetcher health", s.fetcher.health()),
+        );
+        a.map_err(name("storage"))?;
+        b.map_err(name("lock"))?;
+        c.map_err(name("fetcher"))?;
         Ok(())
     }
 

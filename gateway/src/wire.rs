@@ -13,7 +13,6 @@ use modmesh_lock::Lock;
 use modmesh_proto::{Error, Result};
 use modmesh_storage::Storage;
 use std::sync::Arc;
-use tonic::transport::Channel;
 
 /// The three services, whatever their transport.
 #[derive(Clone)]
@@ -24,18 +23,11 @@ pub struct Services {
     pub lock: Arc<dyn Lock>,
     /// The upstream.
     pub fetcher: Arc<dyn Fetcher>,
-    /// Channels to the remote services, for readiness checks.
-    pub remotes: Vec<(&'static str, Channel)>,
 }
 
 impl std::fmt::Debug for Services {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Services")
-            .field(
-                "remotes",
-                &self.remotes.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-            )
-            .finish()
+        f.debug_struct("Services").finish_non_exhaustive()
     }
 }
 
@@ -48,7 +40,6 @@ pub struct Embedded {
 
 /// Builds the services the configuration describes.
 pub fn services(cfg: &Config) -> Result<(Services, Embedded)> {
-    let mut remotes = Vec::new();
     let mut embedded = Embedded::default();
     // Every remote call has a deadline: a service that accepts connections
     // and never answers gives `Timeout`, not a hang.
@@ -88,7 +79,6 @@ pub fn services(cfg: &Config) -> Result<(Services, Embedded)> {
         s
     } else {
         let ch = chan("StorageSvcURL", &cfg.StorageSvcURL)?;
-        remotes.push(("storage", ch.clone()));
         Arc::new(modmesh_storage::client::StorageClient::from_channel(ch))
     };
 
@@ -111,7 +101,6 @@ pub fn services(cfg: &Config) -> Result<(Services, Embedded)> {
             cfg.timeout() + std::time::Duration::from_secs(10),
         )
         .map_err(|e| Error::invalid(format!("LockSvcURL: {:?}: {e}", cfg.LockSvcURL)))?;
-        remotes.push(("lock", ch.clone()));
         Arc::new(modmesh_lock::client::LockClient::from_channel(ch))
     };
 
@@ -137,7 +126,6 @@ pub fn services(cfg: &Config) -> Result<(Services, Embedded)> {
             cfg.timeout() + std::time::Duration::from_secs(10),
         )
         .map_err(|e| Error::invalid(format!("FetcherSvcURL: {:?}: {e}", cfg.FetcherSvcURL)))?;
-        remotes.push(("fetcher", ch.clone()));
         Arc::new(modmesh_fetcher::client::FetcherClient::from_channel(ch))
     };
 
@@ -146,7 +134,6 @@ pub fn services(cfg: &Config) -> Result<(Services, Embedded)> {
             storage,
             lock,
             fetcher,
-            remotes,
         },
         embedded,
     ))

@@ -451,7 +451,6 @@ fn scripted(
         storage,
         lock: lock.clone(),
         fetcher: fetcher.clone(),
-        remotes: Vec::new(),
     };
     let service = modmesh_gateway::ModuleService::new(services, settings);
     Scripted {
