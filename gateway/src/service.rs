@@ -132,6 +132,10 @@ impl Default for Settings {
 
 type Flight = Shared<BoxFuture<'static, Result<()>>>;
 
+/// Told, with the stored version's coordinates, each time a fetch by this
+/// gateway has made a version visible (the module index listens here).
+pub type OnStored = Arc<dyn Fn(&Coordinates) + Send + Sync>;
+
 /// The module service. Cheap to clone.
 #[derive(Clone)]
 pub struct ModuleService {
@@ -144,6 +148,7 @@ struct Inner {
     settings: Settings,
     in_flight: Mutex<HashMap<Coordinates, Flight>>,
     queries: QueryCache,
+    on_stored: std::sync::OnceLock<OnStored>,
 }
 
 /// Removes a version's in-flight entry when dropped: on success, on error,
@@ -196,8 +201,15 @@ impl ModuleService {
                 services,
                 settings,
                 in_flight: Mutex::new(HashMap::new()),
+                on_stored: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Calls `hook` after each fetch that made a version visible (set once;
+    /// later calls are ignored).
+    pub fn on_stored(&self, hook: OnStored) {
+        let _ = self.inner.on_stored.set(hook);
     }
 
     /// The services behind it.
@@ -463,6 +475,9 @@ impl ModuleService {
                 tracing::warn!(%c, resolved = %fetched.version, "fetch resolved to another version");
             }
             tracing::info!(%c, ms = started.elapsed().as_millis() as u64, "fetched and stored");
+            if let Some(hook) = self.inner.on_stored.get() {
+                hook(&Coordinates { module: c.module.clone(), version: fetched.version.clone() });
+            }
             Ok(())
         }
         .await;
