@@ -10,9 +10,11 @@
 //! - [`topology`]: an embedded gateway, or the mesh of services.
 //! - [`goclient`]: the real `go` command with an isolated environment.
 //! - [`http`]: plain and raw HTTP clients.
+//! - [`dbs`]: real PostgreSQL and MariaDB servers on loopback.
 
 #![warn(missing_docs)]
 
+pub mod dbs;
 pub mod fixtures;
 pub mod goclient;
 pub mod http;

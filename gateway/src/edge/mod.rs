@@ -130,10 +130,13 @@ pub fn compose(routes: Router<AppState>, state: AppState) -> Router {
     if prefix.is_empty() {
         return protected;
     }
+    // The open routes at the root are answered by the same (unlayered)
+    // routes; a service, not a nested router, so the path stays as it is.
+    let open = tower::ServiceExt::map_request(inner, |r: axum::extract::Request| r);
     Router::new()
         .route("/", get(root_health))
-        .route_service("/healthz", inner.clone())
-        .route_service("/readyz", inner)
+        .route_service("/healthz", open.clone())
+        .route_service("/readyz", open)
         .nest_service(&prefix, protected)
 }
 
