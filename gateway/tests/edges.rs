@@ -215,6 +215,7 @@ RobotsFile = "/etc/athens/robots.txt"
 HomeTemplatePath = "/etc/athens/home.html"
 NoSumPatterns = ["corp.example/*", "other.example"]
 IndexType = "postgres"
+ForceSSL = true
 Port = ":3001"
 
 [Index.Postgres]
@@ -258,6 +259,7 @@ timeout = "9s"
             HomeTemplatePath: "/etc/athens/home.html".into(),
             NoSumPatterns: vec!["corp.example/*".into(), "other.example".into()],
             IndexType: "postgres".into(),
+            ForceSSL: true,
         }
     );
     assert_eq!(e.path_prefix(), "/gomods");
@@ -304,6 +306,7 @@ timeout = "9s"
         ("ATHENS_HOME_TEMPLATE_PATH", "/h.html"),
         ("ATHENS_GONOSUM_PATTERNS", "a.example/*,b.example"),
         ("ATHENS_INDEX_TYPE", "mysql"),
+        ("PROXY_FORCE_SSL", "true"),
         ("ATHENS_INDEX_POSTGRES_HOST", "pg2"),
         ("ATHENS_INDEX_POSTGRES_PORT", "5433"),
         ("ATHENS_INDEX_POSTGRES_USER", "pu"),
@@ -342,6 +345,7 @@ timeout = "9s"
                 HomeTemplatePath: "/h.html".into(),
                 NoSumPatterns: vec!["a.example/*".into(), "b.example".into()],
                 IndexType: "mysql".into(),
+                ForceSSL: true,
             }
         );
         let pg: PostgresConfig = cfg.section().unwrap();
@@ -384,6 +388,7 @@ timeout = "9s"
     assert_eq!(d.RobotsFile, "robots.txt");
     assert_eq!(d.HomeTemplatePath, "/var/lib/athens/home.html");
     assert_eq!(d.IndexType, "none");
+    assert!(!d.ForceSSL);
     let pg: PostgresConfig = Config::from_text("", &[]).unwrap().section().unwrap();
     assert_eq!(
         (
@@ -722,6 +727,31 @@ async fn filter_files_hostile_and_huge() {
         "/-x/@v/list",
     ] {
         assert_eq!(get(&gw.app, p).await.status, StatusCode::BAD_REQUEST, "{p}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn force_ssl_sends_plain_http_to_https() {
+    let up = upstream();
+    let gw = gateway(up.path(), "ForceSSL = true\nPathPrefix = \"/p\"\n", &[])
+        .await
+        .unwrap();
+    let list = format!("/p{}", url(fixtures::BASE, "@v/list"));
+    let r = send(&gw.app, &format!("{list}?x=1"), &[("host", b"proxy.test")]).await;
+    assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(
+        r.header(header::LOCATION),
+        format!("https://proxy.test{list}?x=1")
+    );
+    let r = send(
+        &gw.app,
+        &list,
+        &[("host", b"proxy.test"), ("x-forwarded-proto", b"https")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    for p in ["/healthz", "/p/readyz"] {
+        assert_eq!(get(&gw.app, p).await.status, StatusCode::OK, "{p}");
     }
 }
 

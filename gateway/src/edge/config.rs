@@ -42,6 +42,9 @@ pub struct EdgeConfig {
     pub NoSumPatterns: Vec<String>,
     /// `ATHENS_INDEX_TYPE`: none, memory, postgres or mysql.
     pub IndexType: String,
+    /// `PROXY_FORCE_SSL`: plain-HTTP requests (not behind a proxy saying
+    /// `X-Forwarded-Proto: https`) are sent to https with 301.
+    pub ForceSSL: bool,
 }
 
 impl Default for EdgeConfig {
@@ -62,6 +65,7 @@ impl Default for EdgeConfig {
             HomeTemplatePath: "/var/lib/athens/home.html".into(),
             NoSumPatterns: Vec::new(),
             IndexType: "none".into(),
+            ForceSSL: false,
         }
     }
 }
@@ -84,6 +88,7 @@ impl Section for EdgeConfig {
         Env::new("ATHENS_HOME_TEMPLATE_PATH", "HomeTemplatePath"),
         Env::new("ATHENS_GONOSUM_PATTERNS", "NoSumPatterns"),
         Env::new("ATHENS_INDEX_TYPE", "IndexType"),
+        Env::new("PROXY_FORCE_SSL", "ForceSSL"),
     ];
 
     fn validate(&self) -> Result<(), ConfigError> {

@@ -127,9 +127,19 @@ pub fn compose(routes: Router<AppState>, state: AppState) -> Router {
         ));
     }
     let prefix = edges.config.path_prefix();
-    if prefix.is_empty() {
-        return protected;
+    let app = if prefix.is_empty() {
+        protected
+    } else {
+        under_prefix(&prefix, inner, protected)
+    };
+    if edges.config.ForceSSL && !edges.config.tls() {
+        app.layer(axum::middleware::from_fn(force_ssl))
+    } else {
+        app
     }
+}
+
+fn under_prefix(prefix: &str, inner: Router, protected: Router) -> Router {
     // The open routes at the root are answered by the same (unlayered)
     // routes; a service, not a nested router, so the path stays as it is.
     let open = tower::ServiceExt::map_request(inner, |r: axum::extract::Request| r);
@@ -137,7 +147,44 @@ pub fn compose(routes: Router<AppState>, state: AppState) -> Router {
         .route("/", get(root_health))
         .route_service("/healthz", open.clone())
         .route_service("/readyz", open)
-        .nest_service(&prefix, protected)
+        .nest_service(prefix, protected)
+}
+
+/// `ForceSSL`: a plain-HTTP request (not forwarded from https) is sent to
+/// the same URL on https with 301; health and readiness answer as they are.
+async fn force_ssl(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let path = req.uri().path();
+    let forwarded_https = req
+        .headers()
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    if forwarded_https || path.ends_with("/healthz") || path.ends_with("/readyz") {
+        return next.run(req).await;
+    }
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    match host.and_then(|h| HeaderValue::from_str(&format!("https://{h}{target}")).ok()) {
+        Some(loc) => {
+            let mut r = axum::http::StatusCode::MOVED_PERMANENTLY.into_response();
+            r.headers_mut().insert(header::LOCATION, loc);
+            r
+        }
+        None => (axum::http::StatusCode::BAD_REQUEST, "no Host header\n").into_response(),
+    }
 }
 
 /// `/` on the root when a `PathPrefix` is set: a health answer for load
