@@ -53,22 +53,23 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Sends SIGTERM to `pid` and waits up to 20 s for it to go, then SIGKILL.
-fn stop_pid(pid: i32) {
+/// Sends `sig` to `pid` (the server itself, which may be a grandchild),
+/// waits up to 20 s for `child` (the process we started) to exit, then
+/// kills it.
+fn stop(child: &mut Child, pid: i32, sig: nix::sys::signal::Signal) {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let p = Pid::from_raw(pid);
-    if kill(p, Signal::SIGTERM).is_err() {
-        return;
-    }
+    let _ = kill(Pid::from_raw(pid), sig);
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if kill(p, None).is_err() {
+        if let Ok(Some(_)) = child.try_wait() {
             return;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = kill(p, Signal::SIGKILL);
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A running PostgreSQL server with a database `athens`, reachable on
@@ -193,11 +194,9 @@ impl Drop for Postgres {
         let pid = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))
             .ok()
             .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
-        if let Some(pid) = pid {
-            stop_pid(pid);
-        }
-        stop_pid(self.child.id() as i32);
-        let _ = self.child.wait();
+        // SIGINT: PostgreSQL's fast shutdown (clients are disconnected).
+        let pid = pid.unwrap_or(self.child.id() as i32);
+        stop(&mut self.child, pid, nix::sys::signal::Signal::SIGINT);
     }
 }
 
@@ -313,7 +312,7 @@ fn whoami() -> String {
 
 impl Drop for MariaDb {
     fn drop(&mut self) {
-        stop_pid(self.child.id() as i32);
-        let _ = self.child.wait();
+        let pid = self.child.id() as i32;
+        stop(&mut self.child, pid, nix::sys::signal::Signal::SIGTERM);
     }
 }
