@@ -677,6 +677,19 @@ async fn filter_files_hostile_and_huge() {
     .err()
     .unwrap();
     assert!(e.contains("FilterFile") && e.contains("line 2"), "{e}");
+    // With GoEnv production, a filter file others may write is refused (as in Athens).
+    let open = dir.path().join("open");
+    std::fs::write(&open, "+\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let text = format!(
+        "GoEnv = \"production\"\nFilterFile = {:?}\n",
+        open.display().to_string()
+    );
+    let e = gateway(up.path(), &text, &[]).await.err().unwrap();
+    assert!(e.contains("FilterFile") && e.contains("production"), "{e}");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    gateway(up.path(), &text, &[]).await.unwrap();
     // A missing file too.
     let e = gateway(up.path(), "FilterFile = \"/nonexistent/filter\"\n", &[])
         .await

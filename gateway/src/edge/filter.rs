@@ -125,6 +125,23 @@ fn segments(path: &str) -> impl Iterator<Item = &str> {
         .filter(|s| !s.is_empty())
 }
 
+/// With `GoEnv = "production"` (as in Athens): the filter file must not be
+/// writable by group or others, nor executable by them.
+pub fn check_permissions(path: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("{path}: {e}"))?
+        .permissions()
+        .mode();
+    if mode & 0o033 != 0 {
+        return Err(format!(
+            "{path}: mode {:o} lets group or others write or execute it (GoEnv is production)",
+            mode & 0o777
+        ));
+    }
+    Ok(())
+}
+
 impl Filter {
     /// Parses filter-file text; an error names the line.
     pub fn parse(text: &str) -> Result<Filter, String> {

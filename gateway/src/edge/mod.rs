@@ -63,6 +63,10 @@ impl Edges {
         let filter = if config.FilterFile.is_empty() {
             None
         } else {
+            if cfg.GoEnv == "production" {
+                filter::check_permissions(&config.FilterFile)
+                    .map_err(|e| format!("config: FilterFile: {e}"))?;
+            }
             let f = filter::Filter::load(&config.FilterFile)
                 .map_err(|e| format!("config: FilterFile: {e}"))?;
             Some(Arc::new(filter::FilterLayer {
