@@ -112,7 +112,8 @@ impl Postgres {
         let Some(bin) = Self::bin_dir() else {
             return missing("PostgreSQL (Debian package postgresql)").map(|_| None);
         };
-        let dir = tempfile::Builder::new().prefix("pg-").tempdir()?;
+        // Under /tmp: the server user must reach it, and socket paths stay short.
+        let dir = tempfile::Builder::new().prefix("pg-").tempdir_in("/tmp")?;
         let data = dir.path().join("data");
         std::fs::write(dir.path().join("pw"), format!("{}\n", Self::PASSWORD))?;
         if is_root() {
@@ -237,7 +238,9 @@ impl MariaDb {
         ) else {
             return missing("MariaDB (Debian package mariadb-server)").map(|_| None);
         };
-        let dir = tempfile::Builder::new().prefix("mariadb-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("mariadb-")
+            .tempdir_in("/tmp")?;
         let data = dir.path().join("data");
         let user = if is_root() {
             "root".to_string()
