@@ -113,7 +113,12 @@ async fn serve_tls<L: Listener>(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A client that never finishes its request head is dropped.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT * 3);
     tokio::pin!(stop);
     loop {
         let io = tokio::select! {
