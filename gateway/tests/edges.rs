@@ -1485,3 +1485,58 @@ async fn unix_socket_takes_precedence_with_auth_and_prefix() {
     // The socket file is removed on shutdown.
     assert!(!sock.exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_edge_config_stops_the_binary_with_exit_2() {
+    let up = upstream();
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let port = modmesh_tests::procs::free_port();
+    for (env, key) in [
+        (
+            vec![("BASIC_AUTH_USER", "alice".to_string())],
+            "BasicAuthPass",
+        ),
+        (
+            vec![
+                ("ATHENS_TLSCERT_FILE", "/nonexistent/cert.pem".to_string()),
+                ("ATHENS_TLSKEY_FILE", "/nonexistent/key.pem".to_string()),
+            ],
+            "TLSCertFile",
+        ),
+        (
+            vec![
+                ("ATHENS_TLSCERT_FILE", not_pem.display().to_string()),
+                ("ATHENS_TLSKEY_FILE", not_pem.display().to_string()),
+            ],
+            "TLSCertFile",
+        ),
+        (
+            vec![("ATHENS_FILTER_FILE", "/nonexistent/filter".to_string())],
+            "FilterFile",
+        ),
+        (
+            vec![("ATHENS_INDEX_TYPE", "sqlite".to_string())],
+            "IndexType",
+        ),
+    ] {
+        let mut env = env;
+        env.push(("ATHENS_PORT", format!("127.0.0.1:{port}")));
+        let mut child = spawn_gateway(up.path(), &env);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = child.0.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{key}: still running:\n{}",
+                child.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(status.code(), Some(2), "{key}:\n{}", child.log());
+        assert!(child.log().contains(key), "{key}:\n{}", child.log());
+    }
+}
