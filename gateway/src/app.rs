@@ -24,16 +24,49 @@ const IMMUTABLE: &str = "public, max-age=604800, immutable";
 const JSON: &str = "application/json";
 const TEXT: &str = "text/plain; charset=utf-8";
 
-/// Shared state of the gateway's handlers: the module service.
+/// Shared state of the gateway's handlers: the module service and the
+/// edges ([`crate::edge`]).
 #[derive(Clone)]
 pub struct AppState {
     service: ModuleService,
+    edges: std::sync::Arc<crate::edge::Edges>,
 }
 
 impl AppState {
-    /// Handlers over `service`.
+    /// Handlers over `service`, with no edge features configured.
     pub fn new(service: ModuleService) -> Self {
-        AppState { service }
+        AppState {
+            service,
+            edges: Default::default(),
+        }
+    }
+
+    /// The same handlers behind `edges`; the module index (if any) hears of
+    /// every version this gateway fetches and stores.
+    pub fn with_edges(mut self, edges: crate::edge::Edges) -> Self {
+        if let Some(index) = edges.index.clone() {
+            self.service.on_stored(std::sync::Arc::new(
+                move |c: &modmesh_proto::Coordinates| {
+                    let (index, c) = (index.clone(), c.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = index.index(c.module.as_str(), c.version.as_str()).await {
+                            tracing::warn!(%c, error = %e, "module index write failed");
+                        }
+                    });
+                },
+            ));
+        }
+        self.edges = std::sync::Arc::new(edges);
+        self
+    }
+
+    /// The edge configuration and parts.
+    pub fn edges(&self) -> &crate::edge::Edges {
+        &self.edges
+    }
+
+    pub(crate) fn edges_arc(&self) -> std::sync::Arc<crate::edge::Edges> {
+        self.edges.clone()
     }
 
     /// Handlers over a module service on `services`, set as `cfg` says.
@@ -174,17 +207,18 @@ async fn version() -> Response {
     respond(body.into(), JSON, NO_CACHE)
 }
 
-/// The gateway's router with its layers (request ids and request logs, panics).
+/// The gateway's router with its layers (request ids and request logs,
+/// panics), its edges (auth, filter, validator, `PathPrefix`) composed in
+/// [`crate::edge::compose`].
 pub fn router(state: AppState) -> Router {
     // A backstop: the module service bounds every operation by `Timeout`
     // itself; nothing a handler does may outlive that by more than a little.
     let backstop = state.service.timeout() + std::time::Duration::from_secs(5);
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/version", get(version))
         .fallback(proxy)
-        .with_state(state)
         .layer(
             tower::ServiceBuilder::new()
                 .layer(axum::error_handling::HandleErrorLayer::new(
@@ -196,7 +230,8 @@ pub fn router(state: AppState) -> Router {
                     },
                 ))
                 .layer(tower::timeout::TimeoutLayer::new(backstop)),
-        )
+        );
+    crate::edge::compose(routes, state)
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(request_id::RequestIdLayer::new("gateway"))
 }

@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod edge;
 pub mod error;
 pub mod modes;
 pub mod route;

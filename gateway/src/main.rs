@@ -3,7 +3,6 @@
 //! it uses the mesh's services. Exit status: 0 after a graceful shutdown, 2
 //! for a configuration error, 1 if serving fails.
 
-use axum::serve::ListenerExt;
 use modmesh_common::{run, server, shutdown};
 use modmesh_gateway::{router, wire, AppState};
 
@@ -38,26 +37,23 @@ async fn main() {
         }));
     }
 
-    let addr = cfg.http_addr().unwrap_or_else(|e| run::fail(NAME, 2, e));
-    // No Nagle delay: a response's last small write goes out at once.
-    let listener = run::bind(NAME, "Port", &addr.to_string(), "")
-        .await
-        .tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-    tracing::info!(%addr, storage = %cfg.StorageType, "gateway listening");
     let state = AppState::from_config(services, &cfg).unwrap_or_else(|e| run::fail(NAME, 2, e));
-    let app = router(state);
     // An embedded gateway reads every table; a gateway of a mesh only its own.
-    if cfg.StorageSvcURL.is_empty() && cfg.LockSvcURL.is_empty() && cfg.FetcherSvcURL.is_empty() {
+    let embedded_all =
+        cfg.StorageSvcURL.is_empty() && cfg.LockSvcURL.is_empty() && cfg.FetcherSvcURL.is_empty();
+    let edges = modmesh_gateway::edge::Edges::from_config(&cfg)
+        .await
+        .unwrap_or_else(|e| run::fail(NAME, 2, e));
+    let app = router(state.with_edges(edges));
+    if embedded_all {
         run::report_unread(&cfg, &["", "Storage", "SingleFlight"]);
     } else {
         run::report_unread(&cfg, &[""]);
     }
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stopped())
+    // UnixSocket or Port, plain or TLS (modmesh_gateway::edge::listen).
+    modmesh_gateway::edge::listen::serve(&cfg, app, stopped())
         .await
-        .unwrap_or_else(|e| run::fail(NAME, 1, e));
+        .unwrap_or_else(|e| run::fail(NAME, e.code, e));
     for s in servers {
         let _ = s.await;
     }

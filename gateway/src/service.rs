@@ -161,6 +161,10 @@ impl<T> Answer<T> {
 
 type Flight = Shared<BoxFuture<'static, Result<()>>>;
 
+/// Told, with the stored version's coordinates, each time a fetch by this
+/// gateway has made a version visible (the module index listens here).
+pub type OnStored = Arc<dyn Fn(&Coordinates) + Send + Sync>;
+
 /// The module service. Cheap to clone.
 #[derive(Clone)]
 pub struct ModuleService {
@@ -173,6 +177,7 @@ struct Inner {
     settings: Settings,
     in_flight: Mutex<HashMap<Coordinates, Flight>>,
     queries: QueryCache,
+    on_stored: std::sync::OnceLock<OnStored>,
 }
 
 /// Removes a version's in-flight entry when dropped: on success, on error,
@@ -225,6 +230,7 @@ impl ModuleService {
                 services,
                 settings,
                 in_flight: Mutex::new(HashMap::new()),
+                on_stored: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -232,6 +238,12 @@ impl ModuleService {
     /// The deadline of one operation (`Timeout`).
     pub fn timeout(&self) -> Duration {
         self.inner.settings.timeout
+    }
+
+    /// Calls `hook` after each fetch that made a version visible (set once;
+    /// later calls are ignored).
+    pub fn on_stored(&self, hook: OnStored) {
+        let _ = self.inner.on_stored.set(hook);
     }
 
     /// The services behind it.
@@ -550,6 +562,9 @@ impl ModuleService {
                 tracing::warn!(%c, resolved = %fetched.version, "fetch resolved to another version");
             }
             tracing::info!(%c, ms = started.elapsed().as_millis() as u64, "fetched and stored");
+            if let Some(hook) = self.inner.on_stored.get() {
+                hook(&Coordinates { module: c.module.clone(), version: fetched.version.clone() });
+            }
             Ok(())
         }
         .await;

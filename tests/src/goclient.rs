@@ -46,6 +46,16 @@ impl GoEnv {
     /// Runs `go <args>` in `dir`; fails (showing the command, environment and
     /// output) unless it exits 0.
     pub async fn run(&self, dir: &Path, args: &[&str]) -> Result<GoOutput> {
+        self.run_with(dir, args, &[]).await
+    }
+
+    /// [`GoEnv::run`] with `extra` variables set too (e.g. `SSL_CERT_FILE`).
+    pub async fn run_with(
+        &self,
+        dir: &Path,
+        args: &[&str],
+        extra: &[(&str, &str)],
+    ) -> Result<GoOutput> {
         let t = self.tmp.path();
         let mut cmd = tokio::process::Command::new("go");
         cmd.env_clear();
@@ -64,6 +74,7 @@ impl GoEnv {
             ("CGO_ENABLED", "0".into()),
         ];
         cmd.envs(env.iter().map(|(k, v)| (k, v)))
+            .envs(extra.iter().copied())
             .args(args)
             .current_dir(dir)
             .kill_on_drop(true);

@@ -12,10 +12,12 @@
 //! - [`http`]: plain and raw HTTP clients.
 //! - [`chains`]: package resolution through `GOPROXY` lists (nested and
 //!   sub-directory packages, an unreachable `direct`, the real upstream).
+//! - [`dbs`]: real PostgreSQL and MariaDB servers on loopback.
 
 #![warn(missing_docs)]
 
 pub mod chains;
+pub mod dbs;
 pub mod fixtures;
 pub mod goclient;
 pub mod http;
