@@ -222,3 +222,43 @@ async fn sentinel_failover_keeps_single_flight() {
     b.release(&l).await.unwrap();
     a.health().await.expect("health after the failover");
 }
+
+/// A server that accepts connections and never answers: every driver's
+/// health check and calls end within their deadlines as `Unavailable`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_server_is_unavailable_within_the_deadline() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let sink = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    let redis = from_env(
+        "redis",
+        &[
+            ("ATHENS_REDIS_ENDPOINT", &addr),
+            ("ATHENS_REDIS_LOCK_TIMEOUT", "1"),
+            ("ATHENS_REDIS_LOCK_MAX_RETRIES", "3"),
+        ],
+    );
+    let etcd = from_env("etcd", &[("ATHENS_ETCD_ENDPOINTS", &addr)]);
+    for (name, lock, bound) in [
+        ("redis", redis, Duration::from_secs(3)),
+        ("etcd", etcd, Duration::from_secs(5)),
+    ] {
+        let t = Instant::now();
+        let e = lock.health().await.unwrap_err();
+        assert!(e.is(ErrorKind::Unavailable), "{name} health: {e}");
+        assert!(t.elapsed() < bound, "{name} health took {:?}", t.elapsed());
+        let t = Instant::now();
+        let e = lock
+            .acquire("k", Duration::from_secs(5), Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(e.is(ErrorKind::Unavailable), "{name} acquire: {e}");
+        assert!(t.elapsed() < bound, "{name} acquire took {:?}", t.elapsed());
+    }
+    sink.abort();
+}
