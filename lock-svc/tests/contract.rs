@@ -262,3 +262,30 @@ async fn a_silent_server_is_unavailable_within_the_deadline() {
     }
     sink.abort();
 }
+
+/// The redis servers behind the sentinels stop (master and replica) and
+/// come back on the same ports: `Unavailable` meanwhile, then the driver
+/// finds the master through the sentinels again by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn sentinel_outage_is_unavailable_and_recovers() {
+    let Some(set) = SentinelSet::start() else {
+        return skip("redis-server or redis-sentinel is not installed");
+    };
+    let lock = sentinel_driver(&set);
+    let set = Mutex::new(set);
+    contract::outage_is_unavailable_and_recovers(
+        lock,
+        Scale::REDIS,
+        || {
+            let mut s = set.lock().unwrap();
+            s.master.stop();
+            s.replica.stop();
+        },
+        || {
+            let mut s = set.lock().unwrap();
+            s.master.restart();
+            s.replica.restart();
+        },
+    )
+    .await;
+}
