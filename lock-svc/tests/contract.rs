@@ -222,3 +222,70 @@ async fn sentinel_failover_keeps_single_flight() {
     b.release(&l).await.unwrap();
     a.health().await.expect("health after the failover");
 }
+
+/// A server that accepts connections and never answers: every driver's
+/// health check and calls end within their deadlines as `Unavailable`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_server_is_unavailable_within_the_deadline() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let sink = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    let redis = from_env(
+        "redis",
+        &[
+            ("ATHENS_REDIS_ENDPOINT", &addr),
+            ("ATHENS_REDIS_LOCK_TIMEOUT", "1"),
+            ("ATHENS_REDIS_LOCK_MAX_RETRIES", "3"),
+        ],
+    );
+    let etcd = from_env("etcd", &[("ATHENS_ETCD_ENDPOINTS", &addr)]);
+    for (name, lock, bound) in [
+        ("redis", redis, Duration::from_secs(3)),
+        ("etcd", etcd, Duration::from_secs(5)),
+    ] {
+        let t = Instant::now();
+        let e = lock.health().await.unwrap_err();
+        assert!(e.is(ErrorKind::Unavailable), "{name} health: {e}");
+        assert!(t.elapsed() < bound, "{name} health took {:?}", t.elapsed());
+        let t = Instant::now();
+        let e = lock
+            .acquire("k", Duration::from_secs(5), Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(e.is(ErrorKind::Unavailable), "{name} acquire: {e}");
+        assert!(t.elapsed() < bound, "{name} acquire took {:?}", t.elapsed());
+    }
+    sink.abort();
+}
+
+/// The redis servers behind the sentinels stop (master and replica) and
+/// come back on the same ports: `Unavailable` meanwhile, then the driver
+/// finds the master through the sentinels again by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn sentinel_outage_is_unavailable_and_recovers() {
+    let Some(set) = SentinelSet::start() else {
+        return skip("redis-server or redis-sentinel is not installed");
+    };
+    let lock = sentinel_driver(&set);
+    let set = Mutex::new(set);
+    contract::outage_is_unavailable_and_recovers(
+        lock,
+        Scale::REDIS,
+        || {
+            let mut s = set.lock().unwrap();
+            s.master.stop();
+            s.replica.stop();
+        },
+        || {
+            let mut s = set.lock().unwrap();
+            s.master.restart();
+            s.replica.restart();
+        },
+    )
+    .await;
+}

@@ -71,7 +71,8 @@ pub struct LockConfig {
     /// command may take before the server counts as unreachable.
     pub Timeout: u64,
     /// `ATHENS_REDIS_LOCK_MAX_RETRIES`: how many times a call that failed
-    /// on the connection is retried (reconnecting) before `Unavailable`.
+    /// on the connection is retried (reconnecting), within `Timeout`, before
+    /// it is `Unavailable`.
     pub MaxRetries: u64,
 }
 
@@ -441,14 +442,15 @@ impl Inner {
     }
 
     /// Runs `f` on the connection, reconnecting and retrying (up to
-    /// `max_retries` times, with a linearly growing pause) when the
-    /// connection or the server's role fails it.
+    /// `max_retries` times, with a linearly growing pause, for about
+    /// `timeout` at most) when the connection or the server's role fails it.
     async fn run<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
     where
         F: Fn(MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let mut attempt = 0;
+        let start = Instant::now();
         loop {
             let e = match self.con().await {
                 Ok((c, g)) => match f(c).await {
@@ -461,7 +463,9 @@ impl Inner {
                 },
                 Err(e) => e,
             };
-            if attempt >= self.max_retries {
+            // Retries stop at MaxRetries, and once the call has taken
+            // Timeout (a server that does not answer at all).
+            if attempt >= self.max_retries || start.elapsed() >= self.timeout {
                 return Err(e);
             }
             attempt += 1;

@@ -74,9 +74,36 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// A fresh directory under the system temp dir.
+/// The prefix of the harness's scratch directories.
+const SCRATCH_PREFIX: &str = "modmesh-lockserver-";
+
+/// A fresh directory under the system temp dir, named after this process.
+/// The first call also removes the directories of harness processes that
+/// are gone: servers held in a `static` are killed with their test process
+/// but their data (etcd preallocates 64 MiB of WAL per member) would stay.
 fn scratch(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("modmesh-{what}-{}", uuid::Uuid::new_v4()));
+    static SWEPT: OnceLock<()> = OnceLock::new();
+    let tmp = std::env::temp_dir();
+    SWEPT.get_or_init(|| {
+        let Ok(entries) = std::fs::read_dir(&tmp) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(SCRATCH_PREFIX) else {
+                continue;
+            };
+            let pid = rest.split('-').next().unwrap_or("");
+            if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    });
+    let dir = tmp.join(format!(
+        "{SCRATCH_PREFIX}{}-{what}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
     std::fs::create_dir_all(&dir).expect("create a scratch dir");
     dir
 }

@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! cargo build --release --workspace --bins
-//! cargo run --release -p modmesh-tests --bin lockbench -- [--seconds N (5)] [--concurrency C (16)]
+//! cargo run --release -p modmesh-tests --features lockbench --bin lockbench -- [--seconds N (5)] [--concurrency C (16)]
 //! ```
 //!
 //! Progress goes to stderr, the markdown table to stdout.
