@@ -4,8 +4,19 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use modmesh_proto::{Error, ErrorKind};
 
-/// The HTTP status for an error kind. `NotFound` and `Gone` are the two
-/// statuses on which the go command falls back to the next proxy.
+/// The HTTP status for an error. `NotFound` and `Gone` are the two statuses
+/// on which the go command falls back to the next proxy. An unavailable
+/// upstream is 502 (bad gateway); an unavailable service of the mesh
+/// (storage, lock) is 503.
+pub fn status_of(e: &Error) -> StatusCode {
+    match e.kind {
+        ErrorKind::Unavailable if !e.upstream => StatusCode::SERVICE_UNAVAILABLE,
+        kind => status(kind),
+    }
+}
+
+/// The HTTP status for an error kind, taking unavailability to be the
+/// upstream's (see [`status_of`]).
 pub fn status(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
@@ -31,7 +42,7 @@ impl From<Error> for HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let status = status(self.0.kind);
+        let status = status_of(&self.0);
         if status.is_server_error() {
             tracing::error!(kind = %self.0.kind, error = %self.0.message, "request failed");
         } else {

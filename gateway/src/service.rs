@@ -424,6 +424,7 @@ impl ModuleService {
                         .await
                         .map(QueryValue::Info),
                 }
+                .map_err(Error::from_upstream)
             })
             .await
     }
@@ -552,7 +553,9 @@ impl ModuleService {
                 return Ok(());
             }
             let fetched = tokio::select! {
-                r = deadline.run("upstream download", s.fetcher.download(c)) => r?,
+                r = deadline.run("upstream download", s.fetcher.download(c)) => {
+                    r.map_err(Error::from_upstream)?
+                }
                 _ = guard.lost() => {
                     tracing::warn!(%c, "single-flight lease lost during the fetch; stopping it");
                     return Err(Error::unavailable(format!("{c}: single-flight lease lost during the fetch")));

@@ -776,3 +776,53 @@ async fn download_modes_decide_what_a_miss_does() {
     assert_eq!(get(&s.app, &mixed).await.status, StatusCode::NOT_FOUND);
     assert_eq!(downloads(&s), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mesh_service_that_is_down_is_503_and_the_upstream_502() {
+    let closed = || {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        format!("http://127.0.0.1:{port}")
+    };
+    let work = tempfile::tempdir().unwrap();
+    let gogetdir = work.path().display().to_string();
+    let info = path(fixtures::BASE, "@v/v1.0.0.info");
+    // Storage down: every read is 503.
+    let env: HashMap<&str, String> = HashMap::from([
+        ("ATHENS_STORAGE_SVC_URL", closed()),
+        ("ATHENS_TIMEOUT", "5".into()),
+    ]);
+    let cfg = Config::load(None, move |k| env.get(k).cloned()).unwrap();
+    let (services, _) = wire::services(&cfg).unwrap();
+    let app = router(AppState::from_config(services, &cfg).unwrap());
+    let a = get(&app, &info).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text());
+    // Lock down: a miss is 503.
+    let env: HashMap<&str, String> = HashMap::from([
+        ("ATHENS_LOCK_SVC_URL", closed()),
+        ("ATHENS_TIMEOUT", "5".into()),
+        ("ATHENS_GOGET_DIR", gogetdir.clone()),
+    ]);
+    let cfg = Config::load(None, move |k| env.get(k).cloned()).unwrap();
+    let (services, _) = wire::services(&cfg).unwrap();
+    let app = router(AppState::from_config(services, &cfg).unwrap());
+    let a = get(&app, &info).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text());
+    // The upstream unreachable: 502.
+    let env: HashMap<&str, String> = HashMap::from([
+        (
+            "ATHENS_GO_BINARY_ENV_VARS",
+            format!("GOPROXY={};GOSUMDB=off", closed()),
+        ),
+        ("ATHENS_TIMEOUT", "20".into()),
+        ("ATHENS_GOGET_DIR", gogetdir),
+    ]);
+    let cfg = Config::load(None, move |k| env.get(k).cloned()).unwrap();
+    let (services, _) = wire::services(&cfg).unwrap();
+    let app = router(AppState::from_config(services, &cfg).unwrap());
+    let a = get(&app, &info).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{}", a.text());
+}

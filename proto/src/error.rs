@@ -88,6 +88,10 @@ pub struct Error {
     pub kind: ErrorKind,
     /// Details for a person; safe to show to clients.
     pub message: String,
+    /// Whether the failure is the upstream's (where modules come from)
+    /// rather than a service of the mesh's. Set by the caller that knows
+    /// ([`Error::from_upstream`]); it does not cross a gRPC hop.
+    pub upstream: bool,
 }
 
 /// Result with the mesh's [`Error`].
@@ -99,7 +103,13 @@ impl Error {
         Error {
             kind,
             message: message.into(),
+            upstream: false,
         }
+    }
+    /// `e`, marked as the upstream's failure (see [`Error::upstream`]).
+    pub fn from_upstream(mut e: Error) -> Self {
+        e.upstream = true;
+        e
     }
     /// [`ErrorKind::NotFound`].
     pub fn not_found(message: impl Into<String>) -> Self {
