@@ -1,11 +1,13 @@
 //! Plumbing shared by every binary of the mesh: the Athens-compatible
-//! [`config`], [`logging`], graceful [`shutdown`] and the gRPC [`server`]
-//! builder (health, reflection, request ids).
+//! [`config`], [`logging`], the [`request_id`] layer (ids and one request
+//! log line per request, HTTP and gRPC), graceful [`shutdown`] and the gRPC
+//! [`server`] builder (health, reflection, deadlines).
 
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod logging;
+pub mod request_id;
 pub mod run;
 pub mod server;
 pub mod shutdown;

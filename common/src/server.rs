@@ -1,7 +1,7 @@
 //! One way to serve gRPC for every service: the service's routes plus
 //! `grpc.health.v1`, server reflection, and the request-id layer.
 
-use modmesh_proto::request_id::RequestIdLayer;
+use crate::request_id::RequestIdLayer;
 use std::future::Future;
 use tokio::net::TcpListener;
 use tonic::service::Routes;

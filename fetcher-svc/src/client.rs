@@ -4,9 +4,10 @@
 use crate::{Fetched, Fetcher};
 use async_trait::async_trait;
 use bytes::Bytes;
+use modmesh_common::request_id;
 use modmesh_proto::pb::fetcher_client::FetcherClient as RpcClient;
 use modmesh_proto::pb::ModuleRef;
-use modmesh_proto::{request_id, Coordinates, Error, ModulePath, Result, Version, MAX_MESSAGE};
+use modmesh_proto::{Coordinates, Error, ModulePath, Result, Version, MAX_MESSAGE};
 use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;

@@ -17,7 +17,8 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use futures::StreamExt;
-use modmesh_proto::{request_id, Coordinates, ModulePath, Result};
+use modmesh_common::request_id;
+use modmesh_proto::{Coordinates, ModulePath, Result};
 
 const NO_CACHE: &str = "no-cache, no-store, must-revalidate";
 const IMMUTABLE: &str = "public, max-age=604800, immutable";

@@ -33,9 +33,10 @@ use crate::wire::Services;
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use modmesh_common::config::{ConfigError, Env, Section};
+use modmesh_common::request_id;
 use modmesh_proto::coords::compare_versions;
 use modmesh_proto::{
-    is_pseudo_version, request_id, Coordinates, Error, ErrorKind, ModulePath, Result, Version,
+    is_pseudo_version, Coordinates, Error, ErrorKind, ModulePath, Result, Version,
 };
 use modmesh_storage::ZipReader;
 use serde::{Deserialize, Serialize};

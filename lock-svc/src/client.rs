@@ -18,7 +18,8 @@
 use crate::server::millis;
 use crate::{Lease, Lock};
 use async_trait::async_trait;
-use modmesh_proto::{pb, request_id, Error, Result};
+use modmesh_common::request_id;
+use modmesh_proto::{pb, Error, Result};
 use std::future::Future;
 use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;

@@ -5,14 +5,11 @@
 //!   [`tonic::Status`] and back in exactly one place.
 //! - [`ModulePath`] / [`Version`] / [`Coordinates`]: module coordinates,
 //!   validated once at the edge and carried typed through every hop.
-//! - [`request_id`]: the request id carried from the gateway into every
-//!   gRPC hop and its logs.
 
 #![warn(missing_docs)]
 
 pub mod coords;
 pub mod error;
-pub mod request_id;
 
 pub use coords::{
     is_canonical_version, is_pseudo_version, CanonicalVersion, Coordinates, ModulePath, Version,

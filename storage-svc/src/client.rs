@@ -7,8 +7,9 @@ use crate::{ByteStream, Capabilities, CatalogPage, SaveRequest, Storage, Version
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
+use modmesh_common::request_id;
 use modmesh_proto::pb::{self, save_chunk, zip_chunk};
-use modmesh_proto::{request_id, Coordinates, Error, ModulePath, Result, MAX_MESSAGE};
+use modmesh_proto::{Coordinates, Error, ModulePath, Result, MAX_MESSAGE};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tonic::codegen::InterceptedService;

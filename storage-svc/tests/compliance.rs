@@ -491,7 +491,7 @@ impl Storage for OneBigChunk {
         self.seen_request_ids
             .lock()
             .unwrap()
-            .push(modmesh_proto::request_id::current());
+            .push(modmesh_common::request_id::current());
         Ok(vec![])
     }
     async fn info(&self, c: &Coordinates) -> Result<Bytes> {
@@ -555,7 +555,7 @@ async fn server_rechunks_checks_sizes_and_keeps_error_kinds() {
     assert_eq!(e.kind, ErrorKind::Permission);
 
     // The request id travels with the call.
-    modmesh_proto::request_id::scope("rid-42".into(), client.list(&c.module))
+    modmesh_common::request_id::scope("rid-42".into(), client.list(&c.module))
         .await
         .unwrap();
     let seen = backend.seen_request_ids.lock().unwrap().clone();
