@@ -91,6 +91,31 @@ pub trait Section: Serialize + DeserializeOwned + Default + 'static {
     }
 }
 
+/// The implementation named `name` in `registry` (a list of names with
+/// their builders, kept by the crate that owns them), or an error naming
+/// `key` and listing the names that exist.
+pub fn pick<'a, B>(
+    registry: &'a [(&'static str, B)],
+    key: &str,
+    name: &str,
+) -> Result<&'a B, ConfigError> {
+    let name = name.trim();
+    registry
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, b)| b)
+        .ok_or_else(|| {
+            let names: Vec<&str> = registry.iter().map(|(n, _)| *n).collect();
+            err(
+                key,
+                format!(
+                    "{name:?} is not supported (supported: {})",
+                    names.join(", ")
+                ),
+            )
+        })
+}
+
 /// Where environment values come from (the process, or a map in tests).
 type EnvSource = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 

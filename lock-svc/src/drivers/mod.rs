@@ -49,13 +49,9 @@ pub fn types() -> Vec<&'static str> {
 /// `Invalid`, listing the types that exist.
 pub fn from_config(cfg: &Config) -> Result<Arc<dyn Lock>> {
     let name = cfg.SingleFlightType.trim();
-    match REGISTRY.iter().find(|(n, _)| *n == name) {
-        Some((_, build)) => build(cfg),
-        None => Err(Error::invalid(format!(
-            "SingleFlightType: {name:?} is not supported by lock-svc (supported: {})",
-            types().join(", ")
-        ))),
-    }
+    let build = modmesh_common::config::pick(REGISTRY, "SingleFlightType", name)
+        .map_err(|e| Error::invalid(format!("{}: {}", e.key, e.problem)))?;
+    build(cfg)
 }
 
 #[cfg(test)]

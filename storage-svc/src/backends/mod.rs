@@ -33,13 +33,9 @@ pub fn types() -> Vec<&'static str> {
 /// `Invalid`, listing the types that exist.
 pub fn from_config(cfg: &Config) -> Result<Arc<dyn Storage>> {
     let name = cfg.StorageType.trim();
-    match REGISTRY.iter().find(|(n, _)| *n == name) {
-        Some((_, build)) => build(cfg),
-        None => Err(Error::invalid(format!(
-            "StorageType: {name:?} is not supported (supported: {})",
-            types().join(", ")
-        ))),
-    }
+    let build =
+        modmesh_common::config::pick(REGISTRY, "StorageType", name).map_err(config_error)?;
+    build(cfg)
 }
 
 /// A configuration error as an `Invalid` error naming the key.
