@@ -449,20 +449,18 @@ impl MongoStorage {
     }
 }
 
-/// Removes a GridFS file and its chunks (whichever exist) and its pending
-/// record.
-async fn remove_upload(conn: &Conn, id: &ObjectId) -> Result<()> {
-    let files = conn.db.collection::<Document>("fs.files");
-    let chunks = conn.db.collection::<Document>("fs.chunks");
-    chunks
-        .delete_many(doc! {"files_id": id})
-        .await
-        .map_err(|e| mongo_err("removing an upload's chunks", e))?;
-    files
+/// Removes a GridFS file (its `fs.files` entry first, so no name lookup
+/// finds it without its chunks), then its chunks, then its pending record.
+async fn remove_upload(db: &Database, pending: &Collection<Document>, id: &ObjectId) -> Result<()> {
+    db.collection::<Document>("fs.files")
         .delete_one(doc! {"_id": id})
         .await
         .map_err(|e| mongo_err("removing an upload", e))?;
-    conn.pending
+    db.collection::<Document>("fs.chunks")
+        .delete_many(doc! {"files_id": id})
+        .await
+        .map_err(|e| mongo_err("removing an upload's chunks", e))?;
+    pending
         .delete_one(doc! {"_id": id})
         .await
         .map_err(|e| mongo_err("removing a pending record", e))?;
@@ -499,7 +497,7 @@ async fn clean_orphans(conn: &Conn, older_than: Duration) -> Result<usize> {
                 .await
                 .map_err(|e| mongo_err("removing a pending record", e))?;
         } else {
-            remove_upload(conn, &id).await?;
+            remove_upload(&conn.db, &conn.pending, &id).await?;
             removed += 1;
         }
     }
@@ -525,13 +523,7 @@ impl Drop for UploadGuard {
         let Some(id) = self.id.take() else { return };
         let (db, pending) = (self.db.clone(), self.pending.clone());
         let work = async move {
-            let conn = Conn {
-                bucket: db.gridfs_bucket(None),
-                modules: db.collection("unused"),
-                db,
-                pending,
-            };
-            if let Err(e) = remove_upload(&conn, &id).await {
+            if let Err(e) = remove_upload(&db, &pending, &id).await {
                 tracing::warn!(error = %e, %id, "removing the upload of an unfinished save");
             }
         };
@@ -836,7 +828,7 @@ impl Storage for MongoStorage {
         // The version is gone with its document; now its zip.
         let removed = match &d.zip_id {
             Some(id) => match id {
-                Bson::ObjectId(oid) => remove_upload(conn, oid).await,
+                Bson::ObjectId(oid) => remove_upload(&conn.db, &conn.pending, oid).await,
                 other => conn
                     .bucket
                     .delete(other.clone())

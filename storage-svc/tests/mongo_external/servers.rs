@@ -148,6 +148,7 @@ fn start_ferret(extra: &[String]) -> Proc {
     cmd.arg("--handler=sqlite")
         .arg(format!("--sqlite-url=file:{}/", data.display()))
         .arg(format!("--listen-addr={addr}"))
+        .arg(format!("--state-dir={}", dir.path().display()))
         .arg("--telemetry=disable")
         .arg("--debug-addr=-")
         .arg("--log-level=error")
