@@ -945,3 +945,26 @@ async fn storage_svc_serves_both_protocols() {
     }
     assert!(stopped, "storage-svc still listening after SIGTERM");
 }
+
+/// A Mongo server that is not there: `Unavailable` within the timeout, for
+/// every operation, and the store works once a server answers there.
+#[tokio::test(flavor = "multi_thread")]
+async fn mongo_down_is_unavailable() {
+    let port = servers::free_port();
+    let cfg = mongo_config(&format!("mongodb://127.0.0.1:{port}/"), &fresh_db());
+    let s = MongoStorage::new(cfg, Duration::from_secs(2)).unwrap();
+    let started = std::time::Instant::now();
+    let e = s.health().await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    let c = coords("example.com/down", "v1.0.0");
+    assert_eq!(s.exists(&c).await.unwrap_err().kind, ErrorKind::Unavailable);
+    let e = compliance::save(&s, &c, b"i", b"m", b"z")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -139,11 +139,16 @@ pub enum MongoServer {
 }
 
 fn start_ferret(extra: &[String]) -> Proc {
+    start_ferret_at(&format!("127.0.0.1:{}", free_port()), extra)
+}
+
+/// A FerretDB (SQLite, in a fresh directory) listening on `addr`.
+pub fn start_ferret_at(addr: &str, extra: &[String]) -> Proc {
+    let addr = addr.to_string();
     let bin = need_binary("ferretdb", "FERRETDB_BIN");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
     let mut cmd = Command::new(bin);
     cmd.arg("--handler=sqlite")
         .arg(format!("--sqlite-url=file:{}/", data.display()))
