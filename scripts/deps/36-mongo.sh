@@ -3,12 +3,16 @@
 #   - FerretDB v1.24.2 (SQLite handler), built from its Go module into
 #     $FERRETDB_DIR (default /usr/local/bin, or ~/.local/bin when not root);
 #   - secantusdb 0.7.0b3 from PyPI (`secantusd-py`);
-#   - openssl, for the TLS test's certificates.
+#   - openssl, for the TLS test's certificates;
+#   - Athens v0.18.0's proxy (`athens-proxy`, built from its Go module into
+#     the same directory as FerretDB), the peer that reads our Mongo
+#     database and uses our external-storage server in the tests.
 # Idempotent: each is checked first and installed only when missing.
 set -euo pipefail
 
 FERRETDB_VERSION=v1.24.2
 SECANTUS_VERSION=0.7.0b3
+ATHENS_VERSION=v0.18.0
 
 if [ "$(id -u)" = 0 ]; then
   BIN_DIR=${FERRETDB_DIR:-/usr/local/bin}
@@ -56,4 +60,16 @@ if ! command -v openssl >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openssl
+fi
+
+# --- Athens (the peer) ----------------------------------------------------------
+if [ -x "$BIN_DIR/athens-proxy" ] && [ "$(cat "$BIN_DIR/athens-proxy.version" 2>/dev/null)" = "$ATHENS_VERSION" ]; then
+  echo "athens $ATHENS_VERSION: present ($BIN_DIR/athens-proxy)"
+else
+  echo "athens $ATHENS_VERSION: building"
+  athens_dir=$(go mod download -json "github.com/gomods/athens@$ATHENS_VERSION" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [ -n "$athens_dir" ] && [ -d "$athens_dir" ] || { echo "go mod download gave no Dir for athens" >&2; exit 1; }
+  (cd "$athens_dir" && go build -o "$BIN_DIR/athens-proxy" ./cmd/proxy)
+  printf '%s' "$ATHENS_VERSION" > "$BIN_DIR/athens-proxy.version"
 fi

@@ -968,3 +968,128 @@ async fn mongo_down_is_unavailable() {
         started.elapsed()
     );
 }
+
+// ------------------------------------------------------------ real Athens
+
+async fn get(url: &str) -> (u16, Vec<u8>) {
+    let r = reqwest::get(url).await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.bytes().await.unwrap().to_vec())
+}
+
+/// Athens itself (v0.18.0) serves a Mongo database we filled, and runs on
+/// our storage through the external-storage protocol: it reads what we
+/// stored and saves what it fetches (a zip over 1 MiB) through our server.
+#[tokio::test(flavor = "multi_thread")]
+async fn athens_uses_our_mongo_and_external_storage() {
+    // Mongo: we save, Athens (which cannot fetch: GOPROXY=off) serves.
+    let (ours, url, dbname) = mongo_store(MongoServer::Ferret);
+    let q = coords("rsc.io/quote", "v1.5.2");
+    compliance::save(&ours, &q, QUOTE_INFO, QUOTE_MOD, QUOTE_ZIP)
+        .await
+        .unwrap();
+    let (athens, base) = tokio::task::spawn_blocking(move || {
+        servers::start_athens(&[
+            ("ATHENS_STORAGE_TYPE", "mongo"),
+            ("ATHENS_MONGO_STORAGE_URL", &url),
+            ("ATHENS_MONGO_DEFAULT_DATABASE", &dbname),
+            ("ATHENS_GO_BINARY_ENV_VARS", "GOPROXY=off"),
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        get(&format!("{base}/rsc.io/quote/@v/v1.5.2.info")).await,
+        (200, QUOTE_INFO.to_vec())
+    );
+    assert_eq!(
+        get(&format!("{base}/rsc.io/quote/@v/v1.5.2.mod")).await,
+        (200, QUOTE_MOD.to_vec())
+    );
+    assert_eq!(
+        get(&format!("{base}/rsc.io/quote/@v/v1.5.2.zip")).await,
+        (200, QUOTE_ZIP.to_vec())
+    );
+    athens.kill();
+
+    // External: a module stored through our client is served by Athens;
+    // a module Athens fetches is saved through our server.
+    let ext = servers::storage_svc_memory_external();
+    let store = ExternalStorage::new(&ext).unwrap();
+    let pre = coords("example.com/Pre", "v1.0.0-RC1");
+    let pre_zip = compliance::Rng::new(21).bytes(3 << 20);
+    compliance::save(
+        &store,
+        &pre,
+        b"{\"Version\":\"v1.0.0-RC1\"}",
+        b"module example.com/Pre\n",
+        &pre_zip,
+    )
+    .await
+    .unwrap();
+    // An upstream of one module whose zip is over 1 MiB.
+    let up = tempfile::tempdir().unwrap();
+    let m = format!(
+        "example.com/up{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let v = "v1.0.0";
+    let go_mod = format!("module {m}\n\ngo 1.21\n");
+    let big = compliance::Rng::new(22).bytes(2 << 20);
+    let files_owned = [
+        (format!("{m}@{v}/go.mod"), go_mod.clone().into_bytes()),
+        (format!("{m}@{v}/up.go"), b"package up\n".to_vec()),
+        (format!("{m}@{v}/blob.bin"), big),
+    ];
+    let files: Vec<(&str, &[u8])> = files_owned
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
+    let zip = compliance::make_zip(&files);
+    assert!(zip.len() > 1 << 20);
+    let vdir = up.path().join(&m).join("@v");
+    std::fs::create_dir_all(&vdir).unwrap();
+    std::fs::write(vdir.join("list"), format!("{v}\n")).unwrap();
+    std::fs::write(
+        vdir.join(format!("{v}.info")),
+        format!("{{\"Version\":\"{v}\"}}"),
+    )
+    .unwrap();
+    std::fs::write(vdir.join(format!("{v}.mod")), &go_mod).unwrap();
+    std::fs::write(vdir.join(format!("{v}.zip")), &zip).unwrap();
+    let goproxy = format!(
+        "GOPROXY=file://{};GOSUMDB=off;GOFLAGS=-mod=mod",
+        up.path().display()
+    );
+    let ext2 = ext.clone();
+    let (athens, base) = tokio::task::spawn_blocking(move || {
+        servers::start_athens(&[
+            ("ATHENS_STORAGE_TYPE", "external"),
+            ("ATHENS_EXTERNAL_STORAGE_URL", &ext2),
+            ("ATHENS_GO_BINARY_ENV_VARS", &goproxy),
+        ])
+    })
+    .await
+    .unwrap();
+    let (status, body) = get(&format!("{base}/example.com/!pre/@v/v1.0.0-!r!c1.zip")).await;
+    assert_eq!(status, 200);
+    assert!(body == pre_zip, "Athens served other bytes for our module");
+    let (status, body) = get(&format!("{base}/{m}/@v/{v}.zip")).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(body == zip);
+    // Athens saved it through our server: our client reads it back.
+    let c = coords(&m, v);
+    let mut stored = false;
+    for _ in 0..100 {
+        if store.exists(&c).await.unwrap() {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stored, "the module Athens fetched is not in our store");
+    assert_eq!(read_all(&store, &c).await.unwrap(), zip);
+    assert_eq!(store.go_mod(&c).await.unwrap(), go_mod.as_bytes());
+    assert_eq!(store.list(&c.module).await.unwrap(), [v]);
+    athens.kill();
+}

@@ -346,3 +346,28 @@ pub fn go_extserver() -> String {
     });
     format!("http://{}", p.addr)
 }
+
+/// Athens' proxy (v0.18.0, built by scripts/deps/36-mongo.sh) with `env`
+/// (its ATHENS_* settings) in an empty directory; its base URL.
+pub fn start_athens(env: &[(&str, &str)]) -> (Proc, String) {
+    let bin = need_binary("athens-proxy", "ATHENS_PROXY_BIN");
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(dir.path());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ATHENS_") || k == "PORT" || k.starts_with("GO") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("ATHENS_PORT", &addr)
+        .env("ATHENS_LOG_LEVEL", "error")
+        .env("GOPATH", dir.path().join("gopath"))
+        .env("GOCACHE", dir.path().join("gocache"))
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let p = spawn(cmd, dir, addr.clone());
+    wait_port("athens", &addr, Duration::from_secs(60));
+    (p, format!("http://{addr}"))
+}
