@@ -842,6 +842,16 @@ async fn external_client_survives_garbage_and_outages() {
             "{e}"
         ),
     }
+    // A zip without Content-Length.
+    let (base, _g7) =
+        garbage_server(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nPK\x03\x04whatever").await;
+    let e = ExternalStorage::new(&base)
+        .unwrap()
+        .zip(&c)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Internal, "{e}");
+    assert!(e.message.contains("Content-Length"), "{e}");
     // Not HTTP at all.
     let (base, _g5) = garbage_server(b"\x00\x01garbage\r\n\r\n").await;
     let e = ExternalStorage::new(&base)

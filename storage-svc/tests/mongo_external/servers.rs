@@ -191,8 +191,8 @@ pub fn mongo_url(which: MongoServer) -> String {
     format!("mongodb://{}/", p.addr)
 }
 
-/// A FerretDB that also listens with TLS (certificate for 127.0.0.1 signed
-/// by a CA made here); returns (plain URL host, TLS host, CA file).
+/// A FerretDB that also listens with TLS (a certificate for 127.0.0.1
+/// signed by a CA made here): the process, the TLS address, the CA file.
 pub struct TlsFerret {
     pub proc: Proc,
     pub tls_addr: String,
