@@ -19,6 +19,7 @@ pub mod backends;
 pub mod client;
 #[cfg(feature = "testing")]
 pub mod compliance;
+pub mod external_server;
 pub mod hashing;
 pub mod server;
 

@@ -13,16 +13,25 @@ use modmesh_proto::{Error, Result};
 use std::sync::Arc;
 
 pub mod disk;
+pub mod external;
 pub mod memory;
+pub mod mongo;
 
 pub use disk::DiskStorage;
+pub use external::ExternalStorage;
 pub use memory::MemoryStorage;
+pub use mongo::MongoStorage;
 
 /// Builds a backend from the whole configuration (it reads its own section).
 pub type Builder = fn(&Config) -> Result<Arc<dyn Storage>>;
 
 /// Every `StorageType` this build serves, with its builder.
-pub const REGISTRY: &[(&str, Builder)] = &[("memory", memory::build), ("disk", disk::build)];
+pub const REGISTRY: &[(&str, Builder)] = &[
+    ("memory", memory::build),
+    ("disk", disk::build),
+    ("mongo", mongo::build),
+    ("external", external::build),
+];
 
 /// The `StorageType` values of [`REGISTRY`].
 pub fn types() -> Vec<&'static str> {

@@ -1,0 +1,3 @@
+module modmesh.test/extserver
+
+go 1.21
