@@ -23,6 +23,8 @@ storage_compliance_tests!(memory, memory_backend());
 storage_compliance_tests!(disk, disk_backend());
 storage_compliance_tests!(grpc_memory, grpc_memory_backend());
 storage_compliance_tests!(grpc_disk, grpc_disk_backend());
+storage_compliance_tests!(s3, s3_backend());
+storage_compliance_tests!(minio, minio_backend());
 
 // ------------------------------------------------------------ disk layout
 
@@ -305,7 +307,7 @@ async fn from_config_picks_the_backend() {
     let e = modmesh_storage::from_config(&cfg).err().unwrap();
     assert_eq!(e.kind, ErrorKind::Invalid);
     assert!(e.message.contains("StorageType"), "{e}");
-    assert!(e.message.contains("memory, disk"), "{e}");
+    assert!(e.message.contains("memory, disk, s3, minio"), "{e}");
 }
 
 // --------------------------------------------------------- server protocol
@@ -587,14 +589,6 @@ async fn client_errors() {
 }
 
 // ------------------------------------------------------------------ binary
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn storage_svc(dir: &Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_storage-svc"));

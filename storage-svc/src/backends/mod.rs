@@ -14,15 +14,23 @@ use std::sync::Arc;
 
 pub mod disk;
 pub mod memory;
+pub mod minio;
+pub mod s3;
 
 pub use disk::DiskStorage;
 pub use memory::MemoryStorage;
+pub use s3::ObjectStore;
 
 /// Builds a backend from the whole configuration (it reads its own section).
 pub type Builder = fn(&Config) -> Result<Arc<dyn Storage>>;
 
 /// Every `StorageType` this build serves, with its builder.
-pub const REGISTRY: &[(&str, Builder)] = &[("memory", memory::build), ("disk", disk::build)];
+pub const REGISTRY: &[(&str, Builder)] = &[
+    ("memory", memory::build),
+    ("disk", disk::build),
+    ("s3", s3::build),
+    ("minio", minio::build),
+];
 
 /// The `StorageType` values of [`REGISTRY`].
 pub fn types() -> Vec<&'static str> {
