@@ -12,7 +12,8 @@ const ENDPOINT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Credentials from an HTTP endpoint answering `GET` with the container
 /// credentials document: `{"AccessKeyId", "SecretAccessKey", "Token",
-/// "Expiration"}`.
+/// "Expiration"}`. An endpoint that fails counts as "no credentials here",
+/// so a chain goes on to its next provider.
 #[derive(Debug, Clone)]
 pub struct EndpointCredentials {
     url: String,
@@ -39,14 +40,14 @@ impl EndpointCredentials {
         let client = reqwest::Client::builder()
             .timeout(ENDPOINT_TIMEOUT)
             .build()
-            .map_err(CredentialsError::provider_error)?;
+            .map_err(CredentialsError::not_loaded)?;
         let resp = client
             .get(&self.url)
             .send()
             .await
-            .map_err(|e| CredentialsError::provider_error(format!("{}: {e}", self.url)))?;
+            .map_err(|e| CredentialsError::not_loaded(format!("{}: {e}", self.url)))?;
         if !resp.status().is_success() {
-            return Err(CredentialsError::provider_error(format!(
+            return Err(CredentialsError::not_loaded(format!(
                 "{}: {}",
                 self.url,
                 resp.status()
@@ -55,12 +56,9 @@ impl EndpointCredentials {
         let body = resp
             .bytes()
             .await
-            .map_err(|e| CredentialsError::provider_error(format!("{}: {e}", self.url)))?;
+            .map_err(|e| CredentialsError::not_loaded(format!("{}: {e}", self.url)))?;
         let doc: Document = serde_json::from_slice(&body).map_err(|e| {
-            CredentialsError::provider_error(format!(
-                "{}: not a credentials document: {e}",
-                self.url
-            ))
+            CredentialsError::not_loaded(format!("{}: not a credentials document: {e}", self.url))
         })?;
         let expiry = doc.Expiration.as_deref().and_then(|e| {
             aws_smithy_types::DateTime::from_str(e, aws_smithy_types::date_time::Format::DateTime)

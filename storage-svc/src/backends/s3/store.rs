@@ -266,13 +266,17 @@ impl ObjectStore {
                         self.bucket
                     )));
                 }
-                match self
-                    .client
-                    .create_bucket()
-                    .bucket(&self.bucket)
-                    .send()
-                    .await
-                {
+                let mut create_req = self.client.create_bucket().bucket(&self.bucket);
+                // Outside us-east-1 a bucket names its region.
+                let region = self.client.config().region().map(|r| r.to_string());
+                if let Some(r) = region.filter(|r| r != "us-east-1") {
+                    create_req = create_req.create_bucket_configuration(
+                        aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                            .location_constraint(r.as_str().into())
+                            .build(),
+                    );
+                }
+                match create_req.send().await {
                     Ok(_) => {
                         tracing::info!(bucket = %self.bucket, "created the bucket");
                         Ok(())
