@@ -197,8 +197,9 @@ pub fn build(cfg: &modmesh_common::Config) -> Result<Arc<dyn Storage>> {
     Ok(Arc::new(store))
 }
 
-/// Checks (or creates) the bucket with a store of its own on a runtime of
-/// its own (builders are synchronous), then makes the store to serve with.
+/// Checks (or creates) the bucket and aborts stale multipart uploads, with
+/// a store of its own on a runtime of its own (builders are synchronous),
+/// then makes the store to serve with.
 pub(crate) fn start_up(
     make: &(dyn Fn() -> ObjectStore + Sync),
     create: bool,
@@ -210,7 +211,18 @@ pub(crate) fn start_up(
                 .enable_all()
                 .build()
                 .map_err(|e| Error::internal(format!("start-up runtime: {e}")))?;
-            rt.block_on(make().ensure_bucket(create, key))
+            rt.block_on(async {
+                let store = make();
+                store.ensure_bucket(create, key).await?;
+                // Uploads of saves that crashed; failing to sweep is no
+                // reason not to serve.
+                match store.sweep_stale_uploads(store.tuning().orphan_after).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(aborted = n, "aborted stale multipart uploads"),
+                    Err(e) => tracing::warn!(error = %e, "sweeping stale multipart uploads"),
+                }
+                Ok(())
+            })
         })
         .join()
         .unwrap_or_else(|_| Err(Error::internal("the bucket check panicked")))

@@ -249,6 +249,11 @@ impl ObjectStore {
         &self.client
     }
 
+    /// Its deadlines and bounds.
+    pub fn tuning(&self) -> &Tuning {
+        &self.tuning
+    }
+
     /// Checks that the bucket exists; if it does not, creates it when
     /// `create`, else fails with `Invalid` naming `key` (the config key of
     /// the bucket).
@@ -292,6 +297,43 @@ impl ObjectStore {
                 }
             }
         }
+    }
+
+    /// Aborts multipart uploads started more than `older_than` ago (left by
+    /// crashed saves: their parts are invisible but cost storage); returns
+    /// how many. Looks at one listing page (up to 1000 uploads) per call.
+    pub async fn sweep_stale_uploads(&self, older_than: Duration) -> Result<usize> {
+        let out = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&format!("listing the uploads of {:?}", self.bucket), e))?;
+        let now = now_ms();
+        let mut aborted = 0;
+        for u in out.uploads() {
+            let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                continue;
+            };
+            let started = u
+                .initiated()
+                .and_then(|t| t.to_millis().ok())
+                .unwrap_or(now);
+            if now - started < older_than.as_millis() as i64 {
+                continue;
+            }
+            self.client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(id)
+                .send()
+                .await
+                .map_err(|e| sdk_error(&format!("aborting the upload of {key}"), e))?;
+            aborted += 1;
+        }
+        Ok(aborted)
     }
 
     async fn head_info(&self, c: &Coordinates) -> Result<Option<InfoHead>> {
@@ -855,10 +897,11 @@ impl Storage for ObjectStore {
         let zip_hash = match self.upload_zip(&req, zip).await {
             Ok(h) => h,
             Err(e) if e.is(ErrorKind::AlreadyExists) => {
-                // Another save created the zip first: it wins.
+                // Another save created the zip first: it wins (AlreadyExists
+                // once it is visible), unless it never finished.
                 self.resolve_occupied(&c).await?;
-                return Err(Error::already_exists(format!(
-                    "{c}: another save stored it first"
+                return Err(Error::unavailable(format!(
+                    "{c}: a concurrent save did not finish; nothing stored, try again"
                 )));
             }
             Err(e) => return Err(e),
