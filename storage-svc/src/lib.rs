@@ -97,7 +97,6 @@ pub enum CreateOnly {
 /// before they use an optional feature; the compliance suite runs only the
 /// checks that apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Capabilities {
     /// How saves are made create-only.
     pub create_only: CreateOnly,

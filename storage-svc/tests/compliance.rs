@@ -589,6 +589,8 @@ async fn client_errors() {
         .await
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    let e = client.health().await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unavailable, "health: {e}");
 }
 
 // ------------------------------------------------------------------ binary
