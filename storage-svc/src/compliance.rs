@@ -36,6 +36,7 @@ pub struct Fixture {
     /// The store under test.
     pub storage: Arc<dyn Storage>,
     skipped: Option<String>,
+    excluded: Vec<(&'static str, String)>,
     _keep: Vec<Box<dyn Any + Send + Sync>>,
 }
 
@@ -45,8 +46,22 @@ impl Fixture {
         Fixture {
             storage,
             skipped: None,
+            excluded: Vec::new(),
             _keep: Vec::new(),
         }
+    }
+
+    /// Does not run the check `check` against this fixture, because its
+    /// server (not the backend) cannot pass it: [`run`] prints
+    /// `EXCLUDED: <why>`. For servers that stand in for the real one with a
+    /// known gap, such as a conditional write that is not atomic.
+    pub fn excluding(mut self, check: &'static str, why: impl Into<String>) -> Self {
+        assert!(
+            CHECKS.iter().any(|c| c.name == check),
+            "no compliance check named {check:?}"
+        );
+        self.excluded.push((check, why.into()));
+        self
     }
 
     /// No backend: its server is not installed here. [`run`] prints
@@ -60,6 +75,7 @@ impl Fixture {
         Fixture {
             storage: Arc::new(crate::backends::MemoryStorage::new()),
             skipped: Some(why),
+            excluded: Vec::new(),
             _keep: Vec::new(),
         }
     }
@@ -221,6 +237,10 @@ where
     let fixture = make().await;
     if let Some(why) = &fixture.skipped {
         println!("compliance check {name}: SKIPPED: {why}");
+        return;
+    }
+    if let Some((_, why)) = fixture.excluded.iter().find(|(c, _)| *c == name) {
+        println!("compliance check {name}: EXCLUDED for this server: {why}");
         return;
     }
     let caps = fixture.storage.capabilities();

@@ -28,6 +28,7 @@ storage_compliance_tests!(grpc_memory, grpc_memory_backend());
 storage_compliance_tests!(grpc_disk, grpc_disk_backend());
 storage_compliance_tests!(s3, s3_backend());
 storage_compliance_tests!(minio, minio_backend());
+storage_compliance_tests!(s3_on_s3s, s3s_backend());
 
 // ------------------------------------------------------------ disk layout
 

@@ -93,15 +93,18 @@ pub fn moto_binary() -> Option<String> {
     })
 }
 
-/// A moto S3 server on 127.0.0.1, killed (by its PID) when dropped, and by
+/// A moto S3 server.
+pub type Moto = ServerProcess;
+
+/// A server process on 127.0.0.1, killed (by its PID) when dropped, and by
 /// the kernel when this test process dies.
-pub struct Moto {
+pub struct ServerProcess {
     /// Its port.
     pub port: u16,
     child: Mutex<Option<Child>>,
 }
 
-impl Moto {
+impl ServerProcess {
     /// Starts moto on `port` and waits until it answers; `None` if it is
     /// not installed (a panic under `CI=true`).
     pub fn start(port: u16) -> Option<Moto> {
@@ -112,13 +115,22 @@ impl Moto {
             );
             return None;
         };
+        let args = ["-H", "127.0.0.1", "-p", &port.to_string()]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        Some(Self::spawn(bin, args, port))
+    }
+
+    /// Runs `bin args` (which listens on `port`) and waits until it answers.
+    pub fn spawn(bin: String, args: Vec<String>, port: u16) -> ServerProcess {
         // Spawned from a thread that never ends: the child's parent-death
         // signal follows the spawning thread.
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             use std::os::unix::process::CommandExt;
             let mut cmd = Command::new(bin);
-            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            cmd.args(args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
@@ -135,8 +147,8 @@ impl Moto {
                 std::thread::park();
             }
         });
-        let child = rx.recv().unwrap().expect("spawn moto_server");
-        let moto = Moto {
+        let child = rx.recv().unwrap().expect("spawn the server");
+        let server = ServerProcess {
             port,
             child: Mutex::new(Some(child)),
         };
@@ -150,13 +162,13 @@ impl Moto {
                 {
                     let mut buf = [0u8; 12];
                     if s.read(&mut buf).is_ok_and(|n| n > 0) {
-                        return Some(moto);
+                        return server;
                     }
                 }
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "moto_server did not come up on port {port}"
+                "the server did not come up on port {port}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -176,7 +188,7 @@ impl Moto {
     }
 }
 
-impl Drop for Moto {
+impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.stop();
     }
@@ -279,4 +291,107 @@ pub async fn minio_backend() -> Fixture {
     .expect("config");
     let storage = modmesh_storage::from_config(&cfg).expect("minio backend");
     Fixture::new(storage)
+}
+
+// ---------------------------------------------------------------- s3s-fs
+
+/// The s3s-fs binary: `MODMESH_S3S_FS`, `s3s-fs` on PATH, or the one
+/// `scripts/deps/30-storage.sh` installs.
+pub fn s3s_binary() -> Option<String> {
+    if let Ok(p) = std::env::var("MODMESH_S3S_FS") {
+        return Some(p);
+    }
+    let on_path = Command::new("sh")
+        .args(["-c", "command -v s3s-fs"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    on_path.or_else(|| {
+        let p = "/opt/modmesh-s3s/bin/s3s-fs";
+        std::path::Path::new(p).exists().then(|| p.to_string())
+    })
+}
+
+/// An s3s-fs server over a temporary directory (it checks signatures:
+/// access key `modmesh`, secret `modmesh-secret`).
+pub struct S3sFs {
+    /// The server.
+    pub server: ServerProcess,
+    _dir: tempfile::TempDir,
+}
+
+static S3S: OnceLock<Option<S3sFs>> = OnceLock::new();
+
+/// The s3s-fs server this test process shares (started once); `None` if it
+/// is not installed (a panic under `CI=true`).
+pub fn s3s_fs() -> Option<&'static S3sFs> {
+    S3S.get_or_init(|| {
+        let Some(bin) = s3s_binary() else {
+            assert!(
+                !on_ci(),
+                "CI=true but s3s-fs is not installed (scripts/deps/30-storage.sh)"
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let args = [
+            "--host".to_string(),
+            "127.0.0.1".to_string(),
+            "--port".to_string(),
+            port.to_string(),
+            "--access-key".to_string(),
+            "modmesh".to_string(),
+            "--secret-key".to_string(),
+            "modmesh-secret".to_string(),
+            dir.path().display().to_string(),
+        ]
+        .to_vec();
+        let server = ServerProcess::spawn(bin, args, port);
+        Some(S3sFs { server, _dir: dir })
+    })
+    .as_ref()
+}
+
+/// The `s3` backend against s3s-fs (real signature checks), built from
+/// configuration, in a fresh bucket it creates first.
+pub async fn s3s_backend() -> Fixture {
+    let Some(s3s) = s3s_fs() else {
+        return Fixture::skipped("s3s-fs is not installed");
+    };
+    let url = s3s.server.url();
+    let bucket = bucket_name();
+    let creds =
+        aws_credential_types::Credentials::new("modmesh", "modmesh-secret", None, None, "test");
+    let admin = s3::client(
+        Some(url.clone()),
+        "us-east-1",
+        true,
+        aws_credential_types::provider::SharedCredentialsProvider::new(creds),
+        &test_tuning(),
+    );
+    admin
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create a bucket on s3s-fs");
+    let cfg = modmesh_common::Config::from_text(
+        "StorageType = \"s3\"\n",
+        &[
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "modmesh"),
+            ("AWS_SECRET_ACCESS_KEY", "modmesh-secret"),
+            ("ATHENS_S3_BUCKET_NAME", &bucket),
+            ("AWS_ENDPOINT", &url),
+            ("AWS_FORCE_PATH_STYLE", "true"),
+        ],
+    )
+    .expect("config");
+    Fixture::new(modmesh_storage::from_config(&cfg).expect("s3 backend on s3s-fs")).excluding(
+        "concurrent_saves",
+        "s3s-fs 0.14 checks If-None-Match and then writes, so concurrent \
+         conditional writes can all succeed (AWS S3, MinIO and moto decide atomically)",
+    )
 }
