@@ -51,6 +51,11 @@ impl Fixture {
         }
     }
 
+    /// Why this fixture has no backend ([`Fixture::skipped`]), if so.
+    pub fn skip_reason(&self) -> Option<&str> {
+        self.skipped.as_deref()
+    }
+
     /// Does not run the check `check` against this fixture, because its
     /// server (not the backend) cannot pass it: [`run`] prints
     /// `EXCLUDED: <why>`. For servers that stand in for the real one with a

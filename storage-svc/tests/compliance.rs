@@ -29,6 +29,7 @@ storage_compliance_tests!(grpc_disk, grpc_disk_backend());
 storage_compliance_tests!(s3, s3_backend());
 storage_compliance_tests!(minio, minio_backend());
 storage_compliance_tests!(s3_on_s3s, s3s_backend());
+storage_compliance_tests!(grpc_s3, grpc_s3_backend());
 
 // ------------------------------------------------------------ disk layout
 

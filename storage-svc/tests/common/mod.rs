@@ -35,6 +35,9 @@ pub async fn serve(storage: Arc<dyn Storage>) -> LoopbackServer {
 
 /// `inner` behind a real gRPC server, reached through [`StorageClient`].
 pub async fn over_grpc(inner: Fixture) -> Fixture {
+    if let Some(why) = inner.skip_reason() {
+        return Fixture::skipped(why);
+    }
     let server = serve(inner.storage.clone()).await;
     let client = StorageClient::new(&server.url).expect("client");
     let caps = client.fetch_capabilities().await.expect("capabilities");
@@ -268,6 +271,11 @@ pub async fn s3_backend() -> Fixture {
     .expect("config");
     let storage = modmesh_storage::from_config(&cfg).expect("s3 backend");
     Fixture::new(storage)
+}
+
+/// `s3` (on moto) over gRPC: presigned URLs and capabilities cross the hop.
+pub async fn grpc_s3_backend() -> Fixture {
+    over_grpc(s3_backend().await).await
 }
 
 /// The `minio` backend, built from configuration against the shared moto;
