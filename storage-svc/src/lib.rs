@@ -3,8 +3,10 @@
 //! [`Storage`] is the one trait every backend implements; [`server`] serves
 //! any `Arc<dyn Storage>` over gRPC and [`client::StorageClient`] is a
 //! `Storage` over gRPC, so callers cannot tell where their storage runs.
-//! Backends live one per module under [`backends`]; [`compliance`] is the
-//! suite every backend passes.
+//! Backends live one per module under [`backends`] (`memory`, `disk`, `s3`,
+//! `minio`) and declare their [`Capabilities`]; `compliance` (cargo feature
+//! `testing`) is the suite every backend passes, reusable from other crates.
+//! [`hashing`] checks a save's zip hash and size while it streams.
 
 #![warn(missing_docs)]
 
