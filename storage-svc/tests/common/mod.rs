@@ -321,12 +321,31 @@ pub fn s3s_binary() -> Option<String> {
     })
 }
 
-/// An s3s-fs server over a temporary directory (it checks signatures:
-/// access key `modmesh`, secret `modmesh-secret`).
+/// An s3s-fs server over a directory of this process (it checks
+/// signatures: access key `modmesh`, secret `modmesh-secret`).
 pub struct S3sFs {
     /// The server.
     pub server: ServerProcess,
-    _dir: tempfile::TempDir,
+}
+
+/// A data directory for this process's s3s-fs. A shared server is never
+/// dropped, so directories of test processes that are gone are removed here.
+fn s3s_data_dir() -> std::path::PathBuf {
+    let tmp = std::env::temp_dir();
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some(pid) = name.strip_prefix("modmesh-s3s-") else {
+                continue;
+            };
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let dir = tmp.join(format!("modmesh-s3s-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("s3s-fs data directory");
+    dir
 }
 
 static S3S: OnceLock<Option<S3sFs>> = OnceLock::new();
@@ -342,7 +361,7 @@ pub fn s3s_fs() -> Option<&'static S3sFs> {
             );
             return None;
         };
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = s3s_data_dir();
         let port = free_port();
         let args = [
             "--host".to_string(),
@@ -353,11 +372,11 @@ pub fn s3s_fs() -> Option<&'static S3sFs> {
             "modmesh".to_string(),
             "--secret-key".to_string(),
             "modmesh-secret".to_string(),
-            dir.path().display().to_string(),
+            dir.display().to_string(),
         ]
         .to_vec();
         let server = ServerProcess::spawn(bin, args, port);
-        Some(S3sFs { server, _dir: dir })
+        Some(S3sFs { server })
     })
     .as_ref()
 }
