@@ -35,6 +35,8 @@ use std::time::{Duration, Instant};
 pub struct Fixture {
     /// The store under test.
     pub storage: Arc<dyn Storage>,
+    skipped: Option<String>,
+    excluded: Vec<(&'static str, String)>,
     _keep: Vec<Box<dyn Any + Send + Sync>>,
 }
 
@@ -43,6 +45,42 @@ impl Fixture {
     pub fn new(storage: Arc<dyn Storage>) -> Self {
         Fixture {
             storage,
+            skipped: None,
+            excluded: Vec::new(),
+            _keep: Vec::new(),
+        }
+    }
+
+    /// Why this fixture has no backend ([`Fixture::skipped`]), if so.
+    pub fn skip_reason(&self) -> Option<&str> {
+        self.skipped.as_deref()
+    }
+
+    /// Does not run the check `check` against this fixture, because its
+    /// server (not the backend) cannot pass it: [`run`] prints
+    /// `EXCLUDED: <why>`. For servers that stand in for the real one with a
+    /// known gap, such as a conditional write that is not atomic.
+    pub fn excluding(mut self, check: &'static str, why: impl Into<String>) -> Self {
+        assert!(
+            CHECKS.iter().any(|c| c.name == check),
+            "no compliance check named {check:?}"
+        );
+        self.excluded.push((check, why.into()));
+        self
+    }
+
+    /// No backend: its server is not installed here. [`run`] prints
+    /// `SKIPPED: <why>` and passes — unless `CI=true` is set, where it
+    /// panics (a test machine must have every server).
+    pub fn skipped(why: impl Into<String>) -> Self {
+        let why = why.into();
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true and {why}");
+        }
+        Fixture {
+            storage: Arc::new(crate::backends::MemoryStorage::new()),
+            skipped: Some(why),
+            excluded: Vec::new(),
             _keep: Vec::new(),
         }
     }
@@ -202,6 +240,14 @@ where
         (Some(ALONE.read().await), None)
     };
     let fixture = make().await;
+    if let Some(why) = &fixture.skipped {
+        println!("compliance check {name}: SKIPPED: {why}");
+        return;
+    }
+    if let Some((_, why)) = fixture.excluded.iter().find(|(c, _)| *c == name) {
+        println!("compliance check {name}: EXCLUDED for this server: {why}");
+        return;
+    }
     let caps = fixture.storage.capabilities();
     if let Some((cap, has)) = check.needs {
         if !has(&caps) {

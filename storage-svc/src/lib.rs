@@ -3,8 +3,10 @@
 //! [`Storage`] is the one trait every backend implements; [`server`] serves
 //! any `Arc<dyn Storage>` over gRPC and [`client::StorageClient`] is a
 //! `Storage` over gRPC, so callers cannot tell where their storage runs.
-//! Backends live one per module under [`backends`]; [`compliance`] is the
-//! suite every backend passes.
+//! Backends live one per module under [`backends`] (`memory`, `disk`, `s3`,
+//! `minio`) and declare their [`Capabilities`]; `compliance` (cargo feature
+//! `testing`) is the suite every backend passes, reusable from other crates.
+//! [`hashing`] checks a save's zip hash and size while it streams.
 
 #![warn(missing_docs)]
 
@@ -98,7 +100,6 @@ pub enum CreateOnly {
 /// before they use an optional feature; the compliance suite runs only the
 /// checks that apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Capabilities {
     /// How saves are made create-only.
     pub create_only: CreateOnly,

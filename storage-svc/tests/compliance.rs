@@ -9,6 +9,7 @@ use common::*;
 use futures::StreamExt;
 use modmesh_proto::pb::{self, save_chunk, storage_client::StorageClient as RawClient};
 use modmesh_proto::{Coordinates, ErrorKind, ModulePath, Result, MAX_CHUNK};
+use modmesh_storage::backends::s3::Tuning;
 use modmesh_storage::backends::DiskStorage;
 use modmesh_storage::client::StorageClient;
 use modmesh_storage::compliance::{self, coords};
@@ -16,13 +17,19 @@ use modmesh_storage::{
     storage_compliance_tests, ByteStream, Capabilities, CatalogPage, SaveRequest, Storage,
     VersionStat, ZipReader,
 };
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 storage_compliance_tests!(memory, memory_backend());
 storage_compliance_tests!(disk, disk_backend());
 storage_compliance_tests!(grpc_memory, grpc_memory_backend());
 storage_compliance_tests!(grpc_disk, grpc_disk_backend());
+storage_compliance_tests!(s3, s3_backend());
+storage_compliance_tests!(minio, minio_backend());
+storage_compliance_tests!(s3_on_s3s, s3s_backend());
+storage_compliance_tests!(grpc_s3, grpc_s3_backend());
 
 // ------------------------------------------------------------ disk layout
 
@@ -305,7 +312,7 @@ async fn from_config_picks_the_backend() {
     let e = modmesh_storage::from_config(&cfg).err().unwrap();
     assert_eq!(e.kind, ErrorKind::Invalid);
     assert!(e.message.contains("StorageType"), "{e}");
-    assert!(e.message.contains("memory, disk"), "{e}");
+    assert!(e.message.contains("memory, disk, s3, minio"), "{e}");
 }
 
 // --------------------------------------------------------- server protocol
@@ -584,17 +591,11 @@ async fn client_errors() {
         .await
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    let e = client.health().await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unavailable, "health: {e}");
 }
 
 // ------------------------------------------------------------------ binary
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn storage_svc(dir: &Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_storage-svc"));
@@ -672,4 +673,617 @@ async fn binary_serves_disk_and_stops_on_sigterm() {
         std::panic::resume_unwind(p);
     }
     assert!(status.success(), "{status}");
+}
+
+// ------------------------------------------------------- s3 and minio
+
+use modmesh_storage::backends::minio::MinioConfig;
+use modmesh_storage::backends::s3::{Layout, S3Config};
+
+/// The shared moto, or `None` after printing why the test is skipped
+/// (`CI=true` panics in `moto()` instead).
+fn moto_or_skip(test: &str) -> Option<&'static Moto> {
+    let m = moto();
+    if m.is_none() {
+        println!("{test}: SKIPPED: moto_server is not installed");
+    }
+    m
+}
+
+#[test]
+fn s3_and_minio_config_keys_and_env() {
+    let file = r#"
+StorageType = "s3"
+[Storage.S3]
+Region = "eu-west-1"
+Key = "file-key"
+Secret = "file-secret"
+Token = "file-token"
+Bucket = "file-bucket"
+ForcePathStyle = false
+UseDefaultConfiguration = false
+CredentialsEndpoint = "http://169.254.170.2"
+AwsContainerCredentialsRelativeURI = "/v2/credentials/x"
+Endpoint = "s3.example.com"
+"#;
+    let cfg = modmesh_common::Config::from_text(file, &[]).unwrap();
+    let c: S3Config = cfg.section().unwrap();
+    assert_eq!(
+        (
+            c.Region.as_str(),
+            c.Key.as_str(),
+            c.Secret.as_str(),
+            c.Token.as_str()
+        ),
+        ("eu-west-1", "file-key", "file-secret", "file-token")
+    );
+    assert_eq!(c.endpoint_url().as_deref(), Some("https://s3.example.com"));
+    assert_eq!(c.CredentialsEndpoint, "http://169.254.170.2");
+    // Every key's environment override beats the file.
+    let env = [
+        ("AWS_REGION", "us-west-2"),
+        ("AWS_ACCESS_KEY_ID", "env-key"),
+        ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+        ("AWS_SESSION_TOKEN", "env-token"),
+        ("ATHENS_S3_BUCKET_NAME", "env-bucket"),
+        ("AWS_FORCE_PATH_STYLE", "true"),
+        ("AWS_USE_DEFAULT_CONFIGURATION", "true"),
+        ("AWS_CREDENTIALS_ENDPOINT", "http://127.0.0.1:9"),
+        ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/creds"),
+        ("AWS_ENDPOINT", "http://127.0.0.1:1234"),
+    ];
+    let c: S3Config = modmesh_common::Config::from_text(file, &env)
+        .unwrap()
+        .section()
+        .unwrap();
+    assert_eq!(
+        (
+            c.Region.as_str(),
+            c.Key.as_str(),
+            c.Secret.as_str(),
+            c.Token.as_str()
+        ),
+        ("us-west-2", "env-key", "env-secret", "env-token")
+    );
+    assert_eq!(c.Bucket, "env-bucket");
+    assert!(c.ForcePathStyle && c.UseDefaultConfiguration);
+    assert_eq!(c.CredentialsEndpoint, "http://127.0.0.1:9");
+    assert_eq!(c.AwsContainerCredentialsRelativeURI, "/creds");
+    assert_eq!(c.endpoint_url().as_deref(), Some("http://127.0.0.1:1234"));
+    // Required keys are named.
+    for (text, key) in [
+        ("StorageType = \"s3\"\n[Storage.S3]\nBucket = \"b\"\n", "Storage.S3.Region"),
+        ("StorageType = \"s3\"\n[Storage.S3]\nRegion = \"r\"\n", "Storage.S3.Bucket"),
+        ("StorageType = \"minio\"\n[Storage.Minio]\nKey = \"k\"\nSecret = \"s\"\nBucket = \"b\"\n", "Storage.Minio.Endpoint"),
+        ("StorageType = \"minio\"\n[Storage.Minio]\nEndpoint = \"h:1\"\nKey = \"k\"\nSecret = \"s\"\n", "Storage.Minio.Bucket"),
+    ] {
+        let cfg = modmesh_common::Config::from_text(text, &[]).unwrap();
+        let e = modmesh_storage::from_config(&cfg).err().expect(key);
+        assert_eq!(e.kind, ErrorKind::Invalid);
+        assert!(e.message.contains(key), "{key}: {e}");
+    }
+    // minio: defaults, the scheme from EnableSSL, overrides.
+    let m: MinioConfig = modmesh_common::Config::from_text(
+        "[Storage.Minio]\nEndpoint = \"http://127.0.0.1:9001\"\nKey = \"k\"\nSecret = \"s\"\nBucket = \"b\"\n",
+        &[],
+    )
+    .unwrap()
+    .section()
+    .unwrap();
+    assert!(m.EnableSSL, "EnableSSL defaults to true");
+    assert_eq!(m.region(), "us-east-1");
+    assert_eq!(m.endpoint_url(), "https://127.0.0.1:9001");
+    let m: MinioConfig = modmesh_common::Config::from_text(
+        "[Storage.Minio]\nEndpoint = \"a:1\"\n",
+        &[
+            ("ATHENS_MINIO_ENDPOINT", "https://b:2"),
+            ("ATHENS_MINIO_ACCESS_KEY_ID", "k"),
+            ("ATHENS_MINIO_SECRET_ACCESS_KEY", "s"),
+            ("ATHENS_MINIO_USE_SSL", "false"),
+            ("ATHENS_MINIO_BUCKET_NAME", "bk"),
+            ("ATHENS_MINIO_REGION", "nyc3"),
+        ],
+    )
+    .unwrap()
+    .section()
+    .unwrap();
+    assert_eq!(m.endpoint_url(), "http://b:2");
+    assert_eq!((m.Key.as_str(), m.Secret.as_str()), ("k", "s"));
+    assert_eq!((m.Bucket.as_str(), m.region()), ("bk", "nyc3"));
+}
+
+/// PUTs `data` at `key` of `bucket` with plain HTTP (not our code).
+async fn plain_put(url: &str, bucket: &str, key: &str, data: &[u8]) {
+    let r = reqwest::Client::new()
+        .put(format!("{url}/{bucket}/{key}"))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "PUT {key}: {}", r.status());
+}
+
+/// The object at `key`, read with a plain `GetObject` (saved objects are
+/// private, so not with an anonymous GET).
+async fn get_object(s: &modmesh_storage::backends::ObjectStore, key: &str) -> Vec<u8> {
+    let out = s
+        .client()
+        .get_object()
+        .bucket(s.bucket())
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {key}: {e:?}"));
+    out.body.collect().await.unwrap().into_bytes().to_vec()
+}
+
+/// Buckets Athens filled (here by plain PUTs in its layouts: `@v` for s3,
+/// directories for minio) are listed, read, stat'ed and catalogued as
+/// they are; a version without `.info` (half-written) is not there.
+#[tokio::test(flavor = "multi_thread")]
+async fn athens_filled_buckets_are_served_as_is() {
+    let Some(moto) = moto_or_skip("athens_filled_buckets_are_served_as_is") else {
+        return;
+    };
+    let url = moto.url();
+    for layout in [Layout::AtV, Layout::Dirs] {
+        let bucket = bucket_name();
+        create_bucket(&url, &bucket).await;
+        let keys = |m: &str, v: &str| match layout {
+            Layout::AtV => [
+                format!("{m}/@v/{v}.info"),
+                format!("{m}/@v/{v}.mod"),
+                format!("{m}/@v/{v}.zip"),
+            ],
+            Layout::Dirs => [
+                format!("{m}/{v}/{v}.info"),
+                format!("{m}/{v}/go.mod"),
+                format!("{m}/{v}/source.zip"),
+            ],
+        };
+        let [i, m, z] = keys("rsc.io/quote", "v1.5.2");
+        plain_put(&url, &bucket, &i, QUOTE_INFO).await;
+        plain_put(&url, &bucket, &m, QUOTE_MOD).await;
+        plain_put(&url, &bucket, &z, QUOTE_ZIP).await;
+        let [i, m, z] = keys("example.com/Foo", "v1.0.0");
+        plain_put(&url, &bucket, &i, b"{}").await;
+        plain_put(&url, &bucket, &m, b"module example.com/Foo\n").await;
+        plain_put(&url, &bucket, &z, b"zipbytes").await;
+        let [_, m, z] = keys("example.com/Foo", "v1.1.0");
+        plain_put(&url, &bucket, &m, b"module example.com/Foo\n").await;
+        plain_put(&url, &bucket, &z, b"half").await;
+
+        let s = object_store(&url, &bucket, layout, test_tuning());
+        let q = coords("rsc.io/quote", "v1.5.2");
+        compliance::assert_stored(&s, &q, QUOTE_INFO, QUOTE_MOD, QUOTE_ZIP).await;
+        let st = s.stat(&q).await.unwrap();
+        assert_eq!(st.zip_hash.as_deref(), Some(QUOTE_H1), "{layout:?}");
+        assert_eq!(st.mod_hash, QUOTE_MOD_H1);
+        assert_eq!(st.zip_size, QUOTE_ZIP.len() as u64);
+        let foo = ModulePath::new("example.com/Foo").unwrap();
+        assert_eq!(s.list(&foo).await.unwrap(), ["v1.0.0"], "{layout:?}");
+        compliance::assert_absent(&s, &coords("example.com/Foo", "v1.1.0")).await;
+        let page = s.catalog(None, 10, "").await.unwrap();
+        let got: BTreeSet<Coordinates> = page.entries.into_iter().collect();
+        assert_eq!(
+            got,
+            [coords("example.com/Foo", "v1.0.0"), q.clone()]
+                .into_iter()
+                .collect::<BTreeSet<_>>(),
+            "{layout:?}"
+        );
+        // What we save lands where Athens looks.
+        let c = coords("example.com/Foo", "v1.2.0");
+        compliance::save(&s, &c, b"i", b"m", b"z").await.unwrap();
+        let [i, m, z] = keys("example.com/Foo", "v1.2.0");
+        for (key, want) in [(i, b"i"), (m, b"m"), (z, b"z")] {
+            let got = get_object(&s, &key).await;
+            assert_eq!(&got[..], want, "{key}");
+        }
+    }
+}
+
+/// s3 refuses a missing bucket at start-up, naming the key; minio creates it.
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_buckets_at_start_up() {
+    let Some(moto) = moto_or_skip("missing_buckets_at_start_up") else {
+        return;
+    };
+    let url = moto.url();
+    let bucket = bucket_name();
+    let cfg = modmesh_common::Config::from_text(
+        "StorageType = \"s3\"\n",
+        &[
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "k"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+            ("ATHENS_S3_BUCKET_NAME", &bucket),
+            ("AWS_ENDPOINT", &url),
+            ("AWS_FORCE_PATH_STYLE", "true"),
+        ],
+    )
+    .unwrap();
+    let e = modmesh_storage::from_config(&cfg).err().expect("refused");
+    assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+    assert!(e.message.contains("Storage.S3.Bucket"), "{e}");
+    let status = reqwest::get(format!("{url}/{bucket}"))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404, "s3 created the bucket");
+
+    let endpoint = format!("127.0.0.1:{}", moto.port);
+    let cfg = modmesh_common::Config::from_text(
+        "StorageType = \"minio\"\n",
+        &[
+            ("ATHENS_MINIO_ENDPOINT", &endpoint),
+            ("ATHENS_MINIO_ACCESS_KEY_ID", "k"),
+            ("ATHENS_MINIO_SECRET_ACCESS_KEY", "s"),
+            ("ATHENS_MINIO_USE_SSL", "false"),
+            ("ATHENS_MINIO_BUCKET_NAME", &bucket),
+        ],
+    )
+    .unwrap();
+    let s = modmesh_storage::from_config(&cfg).expect("minio creates its bucket");
+    s.health().await.unwrap();
+    let status = reqwest::get(format!("{url}/{bucket}"))
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "bucket not created: {status}");
+}
+
+/// A credentials endpoint we serve: answers the container credentials
+/// document at `path` (or 500 when `fail`), recording the paths asked.
+async fn serve_credentials(
+    path: &'static str,
+    fail: bool,
+) -> (String, Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen2 = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = vec![0u8; 4096];
+            let n = sock.read(&mut buf).await.unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let asked = req.split_whitespace().nth(1).unwrap_or("").to_string();
+            seen2.lock().unwrap().push(asked.clone());
+            let (status, body) = if fail || asked != path {
+                ("500 Internal Server Error", String::new())
+            } else {
+                (
+                    "200 OK",
+                    r#"{"AccessKeyId":"AKIDFROMENDPOINT","SecretAccessKey":"secret","Token":"tok","Expiration":"2099-01-01T00:00:00Z"}"#.to_string(),
+                )
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        }
+    });
+    (url, seen, task)
+}
+
+/// The credentials endpoint (`CredentialsEndpoint` + relative URI) is
+/// asked first; when it fails, the static key is used.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_credentials_endpoint_is_used() {
+    let Some(moto) = moto_or_skip("s3_credentials_endpoint_is_used") else {
+        return;
+    };
+    let url = moto.url();
+    for fail in [false, true] {
+        let (creds_url, seen, task) = serve_credentials("/v2/credentials/abc", fail).await;
+        let bucket = bucket_name();
+        create_bucket(&url, &bucket).await;
+        let cfg = modmesh_common::Config::from_text(
+            "StorageType = \"s3\"\n[Storage.S3]\nRegion = \"us-east-1\"\nKey = \"static-key\"\nSecret = \"static-secret\"\nForcePathStyle = true\n",
+            &[
+                ("ATHENS_S3_BUCKET_NAME", &bucket),
+                ("AWS_ENDPOINT", &url),
+                ("AWS_CREDENTIALS_ENDPOINT", &creds_url),
+                ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/credentials/abc"),
+            ],
+        )
+        .unwrap();
+        let s = modmesh_storage::from_config(&cfg).expect("s3 backend");
+        let c = coords("example.com/creds", "v1.0.0");
+        compliance::save_mock(&*s, &c).await;
+        compliance::assert_stored(&*s, &c, b"123", b"456", b"789").await;
+        let asked = seen.lock().unwrap().clone();
+        assert!(
+            asked.iter().any(|p| p == "/v2/credentials/abc"),
+            "fail={fail}: the endpoint was not asked: {asked:?}"
+        );
+        task.abort();
+    }
+}
+
+/// Leftovers of a crashed save (zip and go.mod, no `.info`) are never
+/// served; a later save clears them once older than the bound, and stores.
+#[tokio::test(flavor = "multi_thread")]
+async fn object_store_orphans_are_never_served_and_cleared() {
+    let Some(moto) = moto_or_skip("object_store_orphans_are_never_served_and_cleared") else {
+        return;
+    };
+    let url = moto.url();
+    let bucket = bucket_name();
+    create_bucket(&url, &bucket).await;
+    let tuning = Tuning {
+        orphan_after: Duration::from_secs(2),
+        ..test_tuning()
+    };
+    let s = object_store(&url, &bucket, Layout::AtV, tuning);
+    let c = coords("example.com/orphan", "v1.0.0");
+    plain_put(&url, &bucket, "example.com/orphan/@v/v1.0.0.zip", b"old").await;
+    plain_put(&url, &bucket, "example.com/orphan/@v/v1.0.0.mod", b"old").await;
+    compliance::assert_absent(&s, &c).await;
+    let started = std::time::Instant::now();
+    compliance::save(&s, &c, b"info", b"mod", b"new")
+        .await
+        .unwrap();
+    compliance::assert_stored(&s, &c, b"info", b"mod", b"new").await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "a fresh leftover (maybe a save in progress) was deleted at once"
+    );
+}
+
+/// A save dropped mid-upload (a multipart upload under way) aborts it.
+#[tokio::test(flavor = "multi_thread")]
+async fn object_store_abandoned_upload_is_aborted() {
+    let Some(moto) = moto_or_skip("object_store_abandoned_upload_is_aborted") else {
+        return;
+    };
+    let url = moto.url();
+    let bucket = bucket_name();
+    create_bucket(&url, &bucket).await;
+    let s = object_store(&url, &bucket, Layout::AtV, test_tuning());
+    let c = coords("example.com/abandoned", "v1.0.0");
+    // Two parts' worth, then nothing: the upload has started.
+    let head =
+        compliance::Rng::new(1).bytes(2 * modmesh_storage::backends::s3::store::MIN_PART + 1);
+    let stalled = compliance::stream_of(&head)
+        .chain(futures::stream::pending())
+        .boxed();
+    let uploads = || async {
+        s.client()
+            .list_multipart_uploads()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap()
+            .uploads()
+            .len()
+    };
+    let save = s.save(compliance::request(&c, b"i", b"m"), stalled);
+    let r = tokio::time::timeout(Duration::from_secs(3), save).await;
+    assert!(r.is_err(), "the stalled save ended: {r:?}");
+    for _ in 0..100 {
+        if uploads().await == 0 {
+            compliance::assert_absent(&s, &c).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the abandoned multipart upload was not aborted");
+}
+
+/// Multipart uploads left by crashed saves are aborted by the sweep (run at
+/// start-up) once older than the bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn object_store_sweeps_stale_uploads() {
+    let Some(moto) = moto_or_skip("object_store_sweeps_stale_uploads") else {
+        return;
+    };
+    let url = moto.url();
+    let bucket = bucket_name();
+    create_bucket(&url, &bucket).await;
+    let s = object_store(&url, &bucket, Layout::AtV, test_tuning());
+    s.client()
+        .create_multipart_upload()
+        .bucket(&bucket)
+        .key("example.com/crashed/@v/v1.0.0.zip")
+        .send()
+        .await
+        .unwrap();
+    // (moto reports every upload as started in 2010, so "younger ones
+    // stay" cannot be checked against it.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        s.sweep_stale_uploads(Duration::from_secs(1)).await.unwrap(),
+        1
+    );
+    let left = s
+        .client()
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(left.uploads().is_empty(), "{:?}", left.uploads());
+}
+
+/// With the server down, calls fail `Unavailable` (or `Timeout`); once it
+/// is back on the same port, the same store works again.
+#[tokio::test(flavor = "multi_thread")]
+async fn object_store_recovers_after_an_outage() {
+    if moto_or_skip("object_store_recovers_after_an_outage").is_none() {
+        return;
+    }
+    let port = free_port();
+    let server = Moto::start(port).expect("moto");
+    let url = server.url();
+    let bucket = bucket_name();
+    create_bucket(&url, &bucket).await;
+    let tuning = Tuning {
+        attempt_timeout: Duration::from_secs(3),
+        operation_timeout: Duration::from_secs(8),
+        ..test_tuning()
+    };
+    let s = object_store(&url, &bucket, Layout::AtV, tuning);
+    let c = coords("example.com/outage", "v1.0.0");
+    compliance::save_mock(&s, &c).await;
+    server.stop();
+    for (what, r) in [
+        ("exists", s.exists(&c).await.map(|_| ())),
+        ("info", s.info(&c).await.map(|_| ())),
+        ("health", s.health().await),
+        (
+            "save",
+            compliance::save(
+                &s,
+                &coords("example.com/outage", "v1.0.1"),
+                b"i",
+                b"m",
+                b"z",
+            )
+            .await,
+        ),
+    ] {
+        let e = r.expect_err(what);
+        assert!(
+            matches!(e.kind, ErrorKind::Unavailable | ErrorKind::Timeout),
+            "{what} with the server down: {e}"
+        );
+    }
+    // Back on the same port (moto keeps nothing: the bucket is made again).
+    let server = Moto::start(port).expect("moto again");
+    create_bucket(&url, &bucket).await;
+    s.health().await.expect("healthy again");
+    let c2 = coords("example.com/outage", "v1.0.2");
+    compliance::save(&s, &c2, b"i", b"m", b"z")
+        .await
+        .expect("save after the outage");
+    compliance::assert_stored(&s, &c2, b"i", b"m", b"z").await;
+    drop(server);
+}
+
+/// A server that accepts connections and never answers: every call ends
+/// with `Timeout` (or `Unavailable`) within its deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn object_store_slow_server_times_out() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let held2 = held.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            held2.lock().unwrap().push(conn);
+        }
+    });
+    let tuning = Tuning {
+        attempt_timeout: Duration::from_millis(500),
+        operation_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_millis(500),
+        max_attempts: 2,
+        ..test_tuning()
+    };
+    let s = object_store(&url, "slow-bucket", Layout::AtV, tuning);
+    let started = std::time::Instant::now();
+    let e = s
+        .exists(&coords("example.com/slow", "v1.0.0"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.kind, ErrorKind::Timeout | ErrorKind::Unavailable),
+        "{e}"
+    );
+    assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// The document's DigitalOcean Spaces example loads as it is and works
+/// once pointed at the local server by environment overrides.
+#[tokio::test(flavor = "multi_thread")]
+async fn minio_digitalocean_spaces_example_config() {
+    example_config("DigitalOcean Spaces").await;
+}
+
+/// The document's Alibaba OSS example loads as it is and works once
+/// pointed at the local server by environment overrides.
+#[tokio::test(flavor = "multi_thread")]
+async fn minio_alibaba_oss_example_config() {
+    example_config("Alibaba OSS").await;
+}
+
+async fn example_config(which: &str) {
+    let Some(moto) = moto_or_skip(which) else {
+        return;
+    };
+    let mut ran = 0;
+    const SPACES: &str = r#"
+    StorageType = "minio"
+
+    [Storage]
+        [Storage.Minio]
+            Endpoint = "YOUR_ADDRESS.digitaloceanspaces.com"
+            Key = "YOUR_DO_SPACE_KEY_ID"
+            Secret = "YOUR_DO_SPACE_SECRET_KEY"
+            EnableSSL = true
+            Bucket = "YOUR_DO_SPACE_NAME"
+            Region = "YOUR_DO_SPACE_REGION"
+"#;
+    const OSS: &str = r#"
+    StorageType = "minio"
+
+    [Storage]
+        [Storage.Minio]
+            Endpoint = "YOUR_ADDRESS.aliyuncs.com"
+            Key = "YOUR_OSS_KEY_ID"
+            Secret = "YOUR_OSS_SECRET_KEY"
+            EnableSSL = true
+            Bucket = "YOUR_OSS_FOLDER_PREFIX"
+"#;
+    let endpoint = format!("127.0.0.1:{}", moto.port);
+    for (name, text, region) in [
+        ("DigitalOcean Spaces", SPACES, "YOUR_DO_SPACE_REGION"),
+        ("Alibaba OSS", OSS, "us-east-1"),
+    ]
+    .into_iter()
+    .filter(|(name, _, _)| *name == which)
+    {
+        ran += 1;
+        let as_is: MinioConfig = modmesh_common::Config::from_text(text, &[])
+            .unwrap()
+            .section()
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert!(as_is.EnableSSL, "{name}");
+        assert_eq!(as_is.region(), region, "{name}");
+        assert!(
+            as_is.endpoint_url().starts_with("https://YOUR_ADDRESS."),
+            "{name}"
+        );
+        // Bucket names with capitals are not valid S3 names: a fresh one.
+        let bucket = bucket_name();
+        let cfg = modmesh_common::Config::from_text(
+            text,
+            &[
+                ("ATHENS_MINIO_ENDPOINT", &endpoint),
+                ("ATHENS_MINIO_USE_SSL", "false"),
+                ("ATHENS_MINIO_BUCKET_NAME", &bucket),
+            ],
+        )
+        .unwrap();
+        let s = modmesh_storage::from_config(&cfg).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let c = coords("example.com/example-config", "v1.0.0");
+        compliance::save_mock(&*s, &c).await;
+        compliance::assert_stored(&*s, &c, b"123", b"456", b"789").await;
+        let raw = object_store(&moto.url(), &bucket, Layout::Dirs, test_tuning());
+        let got = get_object(&raw, "example.com/example-config/v1.0.0/source.zip").await;
+        assert_eq!(&got[..], b"789", "{name}");
+    }
+    assert_eq!(ran, 1, "no example config named {which:?}");
 }

@@ -15,12 +15,15 @@ use std::sync::Arc;
 pub mod disk;
 pub mod external;
 pub mod memory;
+pub mod minio;
 pub mod mongo;
+pub mod s3;
 
 pub use disk::DiskStorage;
 pub use external::ExternalStorage;
 pub use memory::MemoryStorage;
 pub use mongo::MongoStorage;
+pub use s3::ObjectStore;
 
 /// Builds a backend from the whole configuration (it reads its own section).
 pub type Builder = fn(&Config) -> Result<Arc<dyn Storage>>;
@@ -31,6 +34,8 @@ pub const REGISTRY: &[(&str, Builder)] = &[
     ("disk", disk::build),
     ("mongo", mongo::build),
     ("external", external::build),
+    ("s3", s3::build),
+    ("minio", minio::build),
 ];
 
 /// The `StorageType` values of [`REGISTRY`].
