@@ -444,9 +444,7 @@ impl Rng {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use modmesh_test_support::hex;
 
 fn b64(bytes: &[u8]) -> String {
     use base64::Engine;
@@ -1115,15 +1113,6 @@ pub struct LargeZipReport {
     pub elapsed: Duration,
 }
 
-fn proc_status_kb(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
-}
-
 /// Resets this process's peak RSS (`VmHWM`) to its current RSS and returns
 /// it, in bytes. Linux only.
 pub fn reset_peak_rss() -> u64 {
@@ -1135,13 +1124,13 @@ pub fn reset_peak_rss() -> u64 {
     unsafe {
         libc::malloc_trim(0);
     }
-    std::fs::write("/proc/self/clear_refs", "5").expect("write /proc/self/clear_refs");
-    proc_status_kb("VmHWM:") * 1024
+    modmesh_test_support::reset_peak_rss("self").expect("write /proc/self/clear_refs");
+    modmesh_test_support::self_peak_rss()
 }
 
 /// This process's peak RSS (`VmHWM`) in bytes. Linux only.
 pub fn peak_rss() -> u64 {
-    proc_status_kb("VmHWM:") * 1024
+    modmesh_test_support::self_peak_rss()
 }
 
 /// Saves a 200 MiB zip, generated on the fly in 1 MiB chunks from a seeded

@@ -180,10 +180,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&h.finalize()))
 }
 
-/// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use modmesh_test_support::hex;
 
 fn gomod(module: &str, requires: &[(&str, &str)]) -> Option<String> {
     let mut s = format!("module {module}\n\ngo 1.21\n");

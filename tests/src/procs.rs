@@ -3,10 +3,8 @@
 //! to be ready, stops it with SIGTERM (asserting exit 0), kills it on drop, and
 //! reads its peak RSS.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
@@ -49,22 +47,7 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     )
 }
 
-static PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-
-/// A free loopback port, never handed out twice by this process.
-pub fn free_port() -> u16 {
-    let mut used = PORTS.lock().unwrap();
-    let used = used.get_or_insert_with(HashSet::new);
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("bind 127.0.0.1:0")
-            .port();
-        if used.insert(port) {
-            return port;
-        }
-    }
-}
+pub use modmesh_test_support::free_port;
 
 /// `127.0.0.1:<free port>`.
 pub fn free_addr() -> String {
@@ -308,16 +291,11 @@ impl Drop for Proc {
 
 /// Peak resident set size (VmHWM) in KiB of process `pid`.
 pub fn vm_hwm_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow!("no VmHWM in /proc/{pid}/status"))
+    modmesh_test_support::vm_hwm_kib(pid).ok_or_else(|| anyhow!("no VmHWM in /proc/{pid}/status"))
 }
 
 /// Resets the peak RSS counter of process `pid`.
 pub fn reset_hwm(pid: u32) -> Result<()> {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+    modmesh_test_support::reset_peak_rss(&pid.to_string())
         .with_context(|| format!("reset VmHWM of {pid}"))
 }

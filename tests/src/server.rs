@@ -163,25 +163,7 @@ async fn serve(
     while conns.join_next().await.is_some() {}
 }
 
-/// Percent-decodes a URL path; `None` if it decodes to invalid UTF-8.
-pub fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let h = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
-            if let Ok(v) = u8::from_str_radix(h, 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
+pub use modmesh_test_support::percent_decode;
 
 fn status(code: StatusCode) -> Response<Body> {
     let mut r = Response::new(

@@ -192,7 +192,8 @@ impl HttpUpstream {
                     }
                     let head = String::from_utf8_lossy(&buf).to_string();
                     let raw = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-                    let path = percent_decode(&raw);
+                    let path =
+                        modmesh_test_support::percent_decode(&raw).unwrap_or_else(|| raw.clone());
                     seen.lock().unwrap().push(path.clone());
                     if mode == Mode::Hang {
                         std::future::pending::<()>().await;
@@ -244,24 +245,6 @@ impl HttpUpstream {
         self.task.abort();
         let _ = self.task.await;
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).to_string()
 }
 
 /// Settings pointing the go command at `proxy_url`, with checksum-database

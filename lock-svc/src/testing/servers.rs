@@ -12,9 +12,7 @@
 //! [`find`] locates a server binary on `PATH`; when it is missing the
 //! caller should [`skip`](super::skip) (which fails under `CI=true`).
 
-use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Mutex, OnceLock};
@@ -57,22 +55,7 @@ pub fn find_all(names: &[&str]) -> Result<Vec<PathBuf>, String> {
     }
 }
 
-static PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-
-/// A free loopback port, never handed out twice by this process.
-pub fn free_port() -> u16 {
-    let mut used = PORTS.lock().unwrap();
-    let used = used.get_or_insert_with(HashSet::new);
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("bind 127.0.0.1:0")
-            .port();
-        if used.insert(port) {
-            return port;
-        }
-    }
-}
+pub use modmesh_test_support::free_port;
 
 /// The prefix of the harness's scratch directories.
 const SCRATCH_PREFIX: &str = "modmesh-lockserver-";

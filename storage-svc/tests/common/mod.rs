@@ -62,14 +62,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use modmesh_test_support::free_port;
 
 /// Whether `CI=true`: missing servers fail instead of skipping.
 pub fn on_ci() -> bool {

@@ -46,13 +46,7 @@ impl Drop for Proc {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use modmesh_test_support::free_port;
 
 /// Spawns `cmd` from a thread that lives as long as the process, so the
 /// child's parent-death signal fires when the test binary dies, not when

@@ -1,0 +1,94 @@
+//! Helpers shared by the tests of every crate (and by the `testing`
+//! features that export a crate's compliance or contract suite): written
+//! once here instead of once per test file. No dependencies, so any crate
+//! can use it without cost.
+
+#![warn(missing_docs)]
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::sync::Mutex;
+
+static PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// A free loopback port, never handed out twice by this process (so two
+/// servers started one after the other cannot be given the same port).
+pub fn free_port() -> u16 {
+    let mut used = PORTS.lock().unwrap_or_else(|p| p.into_inner());
+    let used = used.get_or_insert_with(HashSet::new);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0")
+            .port();
+        if used.insert(port) {
+            return port;
+        }
+    }
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Percent-decodes a URL path; `None` when an escape is malformed or the
+/// result is not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let h = bytes.get(i + 1..i + 3)?;
+            let h = std::str::from_utf8(h).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`pid` "self" for this process).
+fn status_kib(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Peak resident set size (`VmHWM`) of process `pid` in KiB. Linux only.
+pub fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    status_kib(&pid.to_string(), "VmHWM:")
+}
+
+/// Peak resident set size (`VmHWM`) of this process in bytes. Linux only.
+pub fn self_peak_rss() -> u64 {
+    status_kib("self", "VmHWM:").expect("VmHWM in /proc/self/status") * 1024
+}
+
+/// Resets the peak RSS counter of process `pid` (`"self"` for this one) to
+/// its current RSS.
+pub fn reset_peak_rss(pid: &str) -> std::io::Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers() {
+        assert_ne!(free_port(), free_port());
+        assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
+        assert_eq!(percent_decode("a%2Fb%21").as_deref(), Some("a/b!"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert!(self_peak_rss() > 0);
+        reset_peak_rss("self").unwrap();
+        assert!(vm_hwm_kib(std::process::id()).unwrap() > 0);
+    }
+}
