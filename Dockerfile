@@ -1,6 +1,9 @@
 # One image holds the four binaries; compose picks the command per service.
 FROM rust:1-bookworm AS build
 WORKDIR /src
+# The etcd lock driver's client compiles etcd's protos with protoc.
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends protobuf-compiler libprotobuf-dev \
+    && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cargo build --release --locked --bins
 

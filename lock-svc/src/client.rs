@@ -8,7 +8,9 @@
 //!   the network and a connection being set up);
 //! - `KeepAlive`: the lease's TTL, between 1 and 10 seconds (a renewal that
 //!   comes later than the TTL is too late anyway);
-//! - `Release`: [`RPC_TIMEOUT`].
+//! - `Release`: [`RPC_TIMEOUT`];
+//! - health (`grpc.health.v1.Health/Check` for `modmesh.v1.Lock`, over the
+//!   same channel): [`HEALTH_TIMEOUT`].
 //!
 //! A call that runs out of its deadline is `Timeout`; every error the
 //! server sends keeps its kind.
@@ -27,6 +29,8 @@ use tonic::transport::Channel;
 pub const ACQUIRE_SLACK: Duration = Duration::from_secs(1);
 /// The deadline of a `Release`, and the most a `KeepAlive` gets.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// The deadline of a health check.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 
 type Interceptor = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
 type Inner = pb::lock_client::LockClient<InterceptedService<Channel, Interceptor>>;
@@ -35,6 +39,7 @@ type Inner = pb::lock_client::LockClient<InterceptedService<Channel, Interceptor
 #[derive(Debug, Clone)]
 pub struct LockClient {
     inner: Inner,
+    channel: Channel,
 }
 
 impl LockClient {
@@ -49,12 +54,12 @@ impl LockClient {
     /// A client over an existing channel.
     pub fn from_channel(channel: Channel) -> Self {
         let inner = pb::lock_client::LockClient::with_interceptor(
-            channel,
+            channel.clone(),
             request_id::propagate as Interceptor,
         )
         .max_decoding_message_size(modmesh_proto::MAX_MESSAGE)
         .max_encoding_message_size(modmesh_proto::MAX_MESSAGE);
-        LockClient { inner }
+        LockClient { inner, channel }
     }
 }
 
@@ -95,6 +100,7 @@ impl Lock for LockClient {
             key: key.to_string(),
             id: g.lease_id,
             ttl: Duration::from_millis(g.ttl_ms),
+            token: g.token,
         })
     }
 
@@ -117,6 +123,34 @@ impl Lock for LockClient {
         let mut c = self.inner.clone();
         call("Release", msg, RPC_TIMEOUT, |r| c.release(r)).await?;
         Ok(())
+    }
+
+    /// `grpc.health.v1.Health/Check` for [`crate::server::SERVICE_NAME`]:
+    /// `Ok` when the service says SERVING, `Unavailable` otherwise (also
+    /// when it does not answer within [`HEALTH_TIMEOUT`]).
+    async fn health(&self) -> Result<()> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+        let mut c = HealthClient::new(self.channel.clone());
+        let msg = HealthCheckRequest {
+            service: crate::server::SERVICE_NAME.to_string(),
+        };
+        let status = match call("Health/Check", msg, HEALTH_TIMEOUT, |r| c.check(r)).await {
+            Ok(r) => r.status(),
+            Err(e) => {
+                return Err(Error::unavailable(format!(
+                    "lock service health check: {e}"
+                )))
+            }
+        };
+        if status == ServingStatus::Serving {
+            Ok(())
+        } else {
+            Err(Error::unavailable(format!(
+                "lock service is {}",
+                status.as_str_name()
+            )))
+        }
     }
 }
 
@@ -142,6 +176,8 @@ mod tests {
             .acquire("k", Duration::from_secs(1), Duration::from_secs(1))
             .await
             .unwrap_err();
+        assert!(e.is(ErrorKind::Unavailable), "{e}");
+        let e = c.health().await.unwrap_err();
         assert!(e.is(ErrorKind::Unavailable), "{e}");
     }
 
@@ -173,11 +209,20 @@ mod tests {
             key: "k".into(),
             id: "x".into(),
             ttl: Duration::from_millis(10),
+            token: 0,
         };
         let start = std::time::Instant::now();
         let e = c.keep_alive(&lease).await.unwrap_err();
         assert!(e.is(ErrorKind::Timeout), "{e}");
         assert!(start.elapsed() < Duration::from_secs(3));
+        let start = std::time::Instant::now();
+        let e = c.health().await.unwrap_err();
+        assert!(e.is(ErrorKind::Unavailable), "{e}");
+        let took = start.elapsed();
+        assert!(
+            took >= HEALTH_TIMEOUT && took < HEALTH_TIMEOUT * 2,
+            "{took:?}"
+        );
         sink.abort();
     }
 }

@@ -4,8 +4,12 @@
 //! [`Lock`] is the trait every driver implements; [`server`] serves any
 //! `Arc<dyn Lock>` over gRPC and [`client::LockClient`] is a `Lock` over
 //! gRPC. [`hold`] acquires a lock and keeps its lease alive until the
-//! returned [`LeaseGuard`] is released or dropped. [`contract`] is the
-//! behaviour every driver must show, as check functions.
+//! returned [`LeaseGuard`] is released or dropped.
+//!
+//! With the `testing` feature, [`testing`] holds the contract every driver
+//! must keep (check functions and the [`lock_contract!`] macro that runs them
+//! all against a driver) and a harness that starts real servers (redis,
+//! redis-sentinel, etcd) on loopback ports.
 
 #![warn(missing_docs)]
 
@@ -15,9 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod client;
-pub mod contract;
 pub mod drivers;
 pub mod server;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 /// The longest lock key accepted (a module path and version fit with room
 /// to spare).
@@ -30,8 +35,13 @@ pub struct Lease {
     pub key: String,
     /// The holder's lease id (unique per acquisition).
     pub id: String,
-    /// How long the lease lives without a keep-alive.
+    /// How long the lease lives without a keep-alive (as granted: a driver
+    /// may round it up to its own granularity, e.g. etcd's whole seconds).
     pub ttl: Duration,
+    /// The fencing token: greater than the token of every earlier lease on
+    /// the same key, never 0 for a granted lease (0 where unknown, as in a
+    /// lease that reached a driver through the gRPC server).
+    pub token: u64,
 }
 
 /// A lease-based lock.
@@ -42,7 +52,7 @@ pub struct Lease {
 /// expired or released lease is `NotFound`; `release` of an expired lease is
 /// not an error.
 ///
-/// Spelled out (and checked by [`contract`]): a zero `wait` tries once; an
+/// Spelled out (and checked by the `testing` feature's contract): a zero `wait` tries once; an
 /// empty key or a zero TTL is `Invalid`; `release` frees the lock only for
 /// the lease that holds it (a stale or unknown lease frees nothing, and is
 /// still `Ok`); an `acquire` whose caller goes away (its future dropped)
@@ -57,6 +67,9 @@ pub trait Lock: Send + Sync + 'static {
     async fn keep_alive(&self, lease: &Lease) -> Result<()>;
     /// Frees the lock.
     async fn release(&self, lease: &Lease) -> Result<()>;
+    /// Whether the lock's backend answers: `Ok`, or `Unavailable` when it
+    /// does not within a short deadline.
+    async fn health(&self) -> Result<()>;
 }
 
 /// Checks the arguments of [`Lock::acquire`]: a non-empty key of at most

@@ -85,6 +85,7 @@ fn lease_from(r: pb::LeaseRef) -> Result<Lease, Status> {
         id: r.lease_id,
         // Not carried by LeaseRef; drivers renew by the TTL they granted.
         ttl: Duration::ZERO,
+        token: 0,
     };
     crate::validate_lease(&lease)?;
     Ok(lease)
@@ -95,6 +96,7 @@ fn grant(lease: Lease) -> pb::LeaseGrant {
         key: lease.key,
         lease_id: lease.id,
         ttl_ms: millis(lease.ttl),
+        token: lease.token,
     }
 }
 
@@ -199,6 +201,7 @@ mod tests {
         assert_eq!(g.ttl_ms, millis(MAX_TTL));
         assert_eq!(g.key, "k");
         assert!(!g.lease_id.is_empty());
+        assert!(g.token > 0, "the grant carries the fencing token");
         let e = s.acquire(acq("k", 1000, 0)).await.unwrap_err();
         assert_eq!(e.code(), Code::DeadlineExceeded);
     }

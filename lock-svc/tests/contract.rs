@@ -1,66 +1,224 @@
-//! Runs every check of `modmesh_lock::contract` against every driver: each
-//! `lock_contract!(driver)` line below expands to one test per check, named
-//! `driver::check`. A new driver adds a constructor and one line.
+//! Runs every check of `modmesh_lock::testing::contract` against every
+//! driver, each against a real server started here on loopback ports: one
+//! `lock_contract!` line per driver below expands to one test per check,
+//! named `driver::check`. Then what needs a server of its own: an outage
+//! (server stopped and started again on the same port) per networked
+//! driver, and a sentinel failover while a lock is held.
+//!
+//! The servers (redis with a password; a redis master + replica with three
+//! sentinels; a three-member etcd cluster) start once per test binary and
+//! are killed when it ends. Without them the tests print `SKIPPED`, or fail
+//! under `CI=true`.
 
 use modmesh_common::server::LoopbackServer;
+use modmesh_common::Config;
 use modmesh_lock::client::LockClient;
 use modmesh_lock::drivers::MemoryLock;
+use modmesh_lock::testing::servers::{self, Etcd, Redis, SentinelSet};
+use modmesh_lock::testing::{contract, skip, Scale};
 use modmesh_lock::{server, Lock};
-use std::sync::Arc;
+use modmesh_proto::ErrorKind;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// The in-process driver.
-async fn memory() -> Arc<dyn Lock> {
-    Arc::new(MemoryLock::new())
+async fn memory() -> Option<Arc<dyn Lock>> {
+    Some(Arc::new(MemoryLock::new()))
 }
 
-/// A real tonic server on a loopback port serving a `MemoryLock`, reached
-/// through `LockClient`. The server lives as long as the test's runtime.
-async fn grpc_memory() -> Arc<dyn Lock> {
-    let server = LoopbackServer::start(
-        server::routes(Arc::new(MemoryLock::new())),
-        &[server::SERVICE_NAME],
-    )
-    .await
-    .unwrap();
+/// `lock` behind a real tonic server on a loopback port, reached through
+/// `LockClient`. The server lives as long as the test's runtime.
+async fn over_grpc(lock: Arc<dyn Lock>) -> Arc<dyn Lock> {
+    let server = LoopbackServer::start(server::routes(lock), &[server::SERVICE_NAME])
+        .await
+        .unwrap();
     let client = Arc::new(LockClient::new(&server.url).unwrap());
-    // The server lives as long as the test's runtime.
     std::mem::forget(server);
     client
 }
 
-macro_rules! lock_contract {
-    ($driver:ident) => {
-        lock_contract!(@checks $driver:
-            rejects_invalid_arguments,
-            mutual_exclusion,
-            independent_keys,
-            release_wakes_waiter_promptly,
-            dead_holder_frees_within_ttl,
-            keep_alive_extends_lease,
-            wait_timeout_is_timeout,
-            keep_alive_after_takeover_is_not_found,
-            release_of_expired_lease_is_ok,
-            abandoned_waiter_does_not_take_lock,
-            guard_keeps_alive_and_frees,
-        );
-    };
-    (@checks $driver:ident: $($check:ident),* $(,)?) => {
-        mod $driver {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $check() {
-                    let lock = super::$driver().await;
-                    modmesh_lock::contract::$check(lock).await;
-                }
-            )*
-
-            #[test]
-            fn every_check_is_run() {
-                assert_eq!(&[$(stringify!($check)),*], modmesh_lock::contract::CHECKS);
-            }
-        }
-    };
+async fn grpc_memory() -> Option<Arc<dyn Lock>> {
+    Some(over_grpc(Arc::new(MemoryLock::new())).await)
 }
 
-lock_contract!(memory);
-lock_contract!(grpc_memory);
+/// A driver built the way lock-svc builds it: `SingleFlightType` and the
+/// driver's `ATHENS_*` variables.
+fn from_env(kind: &str, env: &[(&str, &str)]) -> Arc<dyn Lock> {
+    let mut all = vec![("ATHENS_SINGLE_FLIGHT_TYPE", kind)];
+    all.extend_from_slice(env);
+    let cfg = Config::from_text("", &all).expect("config");
+    modmesh_lock::from_config(&cfg).expect("driver")
+}
+
+fn shared_redis() -> Option<&'static Redis> {
+    static S: OnceLock<Option<Redis>> = OnceLock::new();
+    let r = S.get_or_init(Redis::start).as_ref();
+    if r.is_none() {
+        skip("redis-server is not installed");
+    }
+    r
+}
+
+fn shared_sentinels() -> Option<&'static SentinelSet> {
+    static S: OnceLock<Option<SentinelSet>> = OnceLock::new();
+    let r = S.get_or_init(SentinelSet::start).as_ref();
+    if r.is_none() {
+        skip("redis-server or redis-sentinel is not installed");
+    }
+    r
+}
+
+fn shared_etcd() -> Option<&'static Etcd> {
+    static S: OnceLock<Option<Etcd>> = OnceLock::new();
+    let r = S.get_or_init(|| Etcd::start(3)).as_ref();
+    if r.is_none() {
+        skip("etcd is not installed");
+    }
+    r
+}
+
+fn redis_driver(r: &Redis, retries: &str) -> Arc<dyn Lock> {
+    from_env(
+        "redis",
+        &[
+            ("ATHENS_REDIS_ENDPOINT", &r.endpoint()),
+            ("ATHENS_REDIS_PASSWORD", servers::REDIS_PASSWORD),
+            ("ATHENS_REDIS_LOCK_TIMEOUT", "2"),
+            ("ATHENS_REDIS_LOCK_MAX_RETRIES", retries),
+        ],
+    )
+}
+
+fn sentinel_driver(s: &SentinelSet) -> Arc<dyn Lock> {
+    from_env(
+        "redis-sentinel",
+        &[
+            ("ATHENS_REDIS_SENTINEL_ENDPOINTS", &s.endpoints().join(",")),
+            ("ATHENS_REDIS_SENTINEL_MASTER_NAME", servers::MASTER_NAME),
+            ("ATHENS_REDIS_SENTINEL_PASSWORD", servers::SENTINEL_PASSWORD),
+            ("ATHENS_REDIS_PASSWORD", servers::REDIS_PASSWORD),
+            ("ATHENS_REDIS_LOCK_TIMEOUT", "2"),
+        ],
+    )
+}
+
+fn etcd_driver(e: &Etcd) -> Arc<dyn Lock> {
+    from_env(
+        "etcd",
+        &[("ATHENS_ETCD_ENDPOINTS", &e.endpoints().join(","))],
+    )
+}
+
+async fn redis() -> Option<Arc<dyn Lock>> {
+    shared_redis().map(|r| redis_driver(r, "10"))
+}
+
+async fn grpc_redis() -> Option<Arc<dyn Lock>> {
+    match shared_redis() {
+        Some(r) => Some(over_grpc(redis_driver(r, "10")).await),
+        None => None,
+    }
+}
+
+async fn redis_sentinel() -> Option<Arc<dyn Lock>> {
+    shared_sentinels().map(sentinel_driver)
+}
+
+async fn etcd() -> Option<Arc<dyn Lock>> {
+    shared_etcd().map(etcd_driver)
+}
+
+modmesh_lock::lock_contract!(memory, memory, Scale::MEMORY);
+modmesh_lock::lock_contract!(grpc_memory, grpc_memory, Scale::MEMORY);
+modmesh_lock::lock_contract!(redis, redis, Scale::REDIS);
+modmesh_lock::lock_contract!(grpc_redis, grpc_redis, Scale::REDIS);
+modmesh_lock::lock_contract!(redis_sentinel, redis_sentinel, Scale::REDIS);
+modmesh_lock::lock_contract!(etcd, etcd, Scale::ETCD);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_outage_is_unavailable_and_recovers() {
+    let Some(r) = Redis::start() else {
+        return skip("redis-server is not installed");
+    };
+    let lock = redis_driver(&r, "2");
+    let r = Mutex::new(r);
+    contract::outage_is_unavailable_and_recovers(
+        lock,
+        Scale::REDIS,
+        || r.lock().unwrap().stop(),
+        || r.lock().unwrap().restart(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_outage_is_unavailable_and_recovers() {
+    let Some(e) = Etcd::start(1) else {
+        return skip("etcd is not installed");
+    };
+    let lock = etcd_driver(&e);
+    let e = Mutex::new(e);
+    contract::outage_is_unavailable_and_recovers(
+        lock,
+        Scale::ETCD,
+        || e.lock().unwrap().stop(),
+        || e.lock().unwrap().restart(),
+    )
+    .await;
+}
+
+/// A lock held across a sentinel failover stays held: the new master has
+/// the key (replicated), so a second lock-svc replica's try-lock is refused
+/// after the failover; the holder's guard renews on the new master and
+/// never reports the lease lost; its release wakes the other replica's
+/// waiter promptly, with a greater fencing token.
+#[tokio::test(flavor = "multi_thread")]
+async fn sentinel_failover_keeps_single_flight() {
+    let Some(mut set) = SentinelSet::start() else {
+        return skip("redis-server or redis-sentinel is not installed");
+    };
+    let a = sentinel_driver(&set);
+    let b = sentinel_driver(&set);
+    let key = "example.com/failover@v1.0.0";
+    let ttl = Duration::from_secs(4);
+    let guard = modmesh_lock::hold(a.clone(), key, ttl, Duration::ZERO)
+        .await
+        .expect("hold before the failover");
+    let e = b.acquire(key, ttl, Duration::ZERO).await.unwrap_err();
+    assert!(e.is(ErrorKind::Timeout), "{e}");
+    // Let the replica have the key before it is promoted.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let old = set.master_port().unwrap();
+    let new = tokio::task::block_in_place(|| set.failover());
+    assert_ne!(old, new);
+    // Each lock-svc replica notices the new master within a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // New requests after the failover: still single flight.
+    let e = b.acquire(key, ttl, Duration::ZERO).await.unwrap_err();
+    assert!(e.is(ErrorKind::Timeout), "acquire after the failover: {e}");
+    // Through two TTLs the guard renews on the new master.
+    tokio::time::sleep(ttl * 2).await;
+    assert!(!guard.is_lost(), "the guard lost its lease in the failover");
+    let e = b.acquire(key, ttl, Duration::ZERO).await.unwrap_err();
+    assert!(e.is(ErrorKind::Timeout), "{e}");
+
+    let token = guard.lease().token;
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let l = b.acquire(key, ttl, Duration::from_secs(10)).await;
+            (l, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let released = Instant::now();
+    guard.release().await.expect("release after the failover");
+    let (l, got) = waiter.await.unwrap();
+    let l = l.expect("the waiter gets the lock");
+    let took = got.saturating_duration_since(released);
+    assert!(took < Scale::REDIS.wake, "woken {took:?} after the release");
+    assert!(l.token > token, "token {} after {token}", l.token);
+    b.release(&l).await.unwrap();
+    a.health().await.expect("health after the failover");
+}

@@ -3,7 +3,8 @@
 
 use async_trait::async_trait;
 use modmesh_lock::drivers::MemoryLock;
-use modmesh_lock::{contract, Lease, Lock};
+use modmesh_lock::testing::{contract, Scale};
+use modmesh_lock::{Lease, Lock};
 use modmesh_proto::{Error, ErrorKind, Result};
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,6 +33,10 @@ enum Fault {
     DetachedWaits,
     /// Releases free whatever holds the key, lease id or not.
     ReleaseIgnoresId,
+    /// Every lease carries the same fencing token.
+    ConstantToken,
+    /// Health says Unavailable while the driver works.
+    Unhealthy,
 }
 
 struct Mutant {
@@ -54,7 +59,12 @@ impl Lock for Mutant {
                 key: key.into(),
                 id: uuid::Uuid::new_v4().to_string(),
                 ttl,
+                token: 1,
             }),
+            Fault::ConstantToken => {
+                let lease = self.inner.acquire(key, ttl, wait).await?;
+                Ok(Lease { token: 7, ..lease })
+            }
             Fault::WrongTimeoutKind => {
                 self.inner
                     .acquire(key, ttl, wait)
@@ -104,12 +114,19 @@ impl Lock for Mutant {
             _ => self.inner.release(lease).await,
         }
     }
+
+    async fn health(&self) -> Result<()> {
+        match self.fault {
+            Fault::Unhealthy => Err(Error::unavailable("mutant")),
+            _ => self.inner.health().await,
+        }
+    }
 }
 
 /// Runs `check` against a `MemoryLock` broken by `fault` and asserts it fails.
 async fn must_fail<F, Fut>(fault: Fault, check: F)
 where
-    F: FnOnce(Arc<dyn Lock>) -> Fut,
+    F: FnOnce(Arc<dyn Lock>, Scale) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let lock: Arc<dyn Lock> = Arc::new(Mutant {
@@ -117,7 +134,7 @@ where
         fault,
         current: Mutex::default(),
     });
-    let r = tokio::spawn(check(lock)).await;
+    let r = tokio::spawn(check(lock, Scale::MEMORY)).await;
     assert!(
         r.as_ref().is_err_and(|e| e.is_panic()),
         "the check passed against a driver with fault {fault:?}"
@@ -184,3 +201,14 @@ mutant!(
     ReleaseIgnoresId,
     keep_alive_after_takeover_is_not_found
 );
+mutant!(
+    constant_fencing_token_is_caught,
+    ConstantToken,
+    fencing_tokens_increase
+);
+mutant!(
+    constant_fencing_token_breaks_exclusion_order,
+    ConstantToken,
+    mutual_exclusion
+);
+mutant!(unhealthy_driver_is_caught, Unhealthy, healthy_server_is_ok);

@@ -33,6 +33,10 @@ pub struct MemoryLock {
     table: Mutex<Table>,
     /// How many times a waiter has parked (for tests: no busy polling).
     parks: AtomicU64,
+    /// The last fencing token handed out. One counter for every key: a
+    /// token greater than every earlier one is greater than every earlier
+    /// one on the same key, and it survives the key leaving the table.
+    tokens: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -148,6 +152,7 @@ impl Lock for MemoryLock {
                 let holder_expires = match entry.live_holder(now) {
                     None => {
                         let id = uuid::Uuid::new_v4().to_string();
+                        let token = self.tokens.fetch_add(1, Ordering::Relaxed) + 1;
                         entry.holder = Some(Holder {
                             id: id.clone(),
                             ttl,
@@ -158,6 +163,7 @@ impl Lock for MemoryLock {
                             key: key.to_string(),
                             id,
                             ttl,
+                            token,
                         });
                     }
                     Some(h) => h.expires,
@@ -223,6 +229,10 @@ impl Lock for MemoryLock {
         } else {
             t.keys.remove(&lease.key);
         }
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<()> {
         Ok(())
     }
 }
