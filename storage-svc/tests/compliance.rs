@@ -23,6 +23,116 @@ storage_compliance_tests!(memory, memory_backend());
 storage_compliance_tests!(disk, disk_backend());
 storage_compliance_tests!(grpc_memory, grpc_memory_backend());
 storage_compliance_tests!(grpc_disk, grpc_disk_backend());
+storage_compliance_tests!(gcp, modmesh_storage::backends::gcp::testing::fixture());
+storage_compliance_tests!(
+    azureblob,
+    modmesh_storage::backends::azureblob::testing::fixture()
+);
+
+/// The gcp and azureblob backends beyond the suite, each against its real
+/// server (fake-gcs-server, Azurite): an Athens-filled bucket served as it
+/// is, crashed saves' leftovers, start-up checks, an outage.
+mod cloud {
+    use modmesh_storage::backends::azureblob::testing::{self as az, Azurite};
+    use modmesh_storage::backends::cloud_servers as checks;
+    use modmesh_storage::backends::gcp::testing::{self as gcs, FakeGcs};
+    use modmesh_storage::backends::{azureblob::AzureBlobStorage, gcp::GcpStorage};
+    use std::sync::{Arc, Mutex};
+
+    fn gcs() -> &'static FakeGcs {
+        gcs::shared().expect("fake-gcs-server (scripts/deps/35-cloud.sh)")
+    }
+    fn azurite() -> &'static Azurite {
+        az::shared().expect("azurite-blob (scripts/deps/35-cloud.sh)")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn gcp_athens_layout_served_as_is() {
+        checks::athens_layout_served_as_is(gcs()).await;
+    }
+    #[tokio::test(flavor = "multi_thread")]
+    async fn azureblob_athens_layout_served_as_is() {
+        checks::athens_layout_served_as_is(azurite()).await;
+    }
+    #[tokio::test(flavor = "multi_thread")]
+    async fn gcp_orphans_never_served_then_replaced() {
+        checks::orphans_never_served_then_replaced(gcs()).await;
+    }
+    #[tokio::test(flavor = "multi_thread")]
+    async fn azureblob_orphans_never_served_then_replaced() {
+        checks::orphans_never_served_then_replaced(azurite()).await;
+    }
+    #[tokio::test(flavor = "multi_thread")]
+    async fn gcp_from_config_checks_bucket() {
+        checks::from_config_checks_bucket(gcs(), "gcp", "Storage.GCP.Bucket").await;
+    }
+    #[tokio::test(flavor = "multi_thread")]
+    async fn azureblob_from_config_checks_container() {
+        checks::from_config_checks_bucket(
+            azurite(),
+            "azureblob",
+            "Storage.AzureBlob.ContainerName",
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn gcp_outage_then_recovery() {
+        let server = Mutex::new(FakeGcs::start().expect("fake-gcs-server"));
+        let bucket = "mm-outage";
+        let url = server.lock().unwrap().url();
+        gcs::create_bucket_at(&url, bucket).await;
+        let s = Arc::new(GcpStorage::new(server.lock().unwrap().config(bucket)).unwrap());
+        checks::outage_then_recovery(
+            s,
+            || server.lock().unwrap().proc.stop(),
+            || async {
+                tokio::task::block_in_place(|| server.lock().unwrap().proc.restart());
+                gcs::create_bucket_at(&url, bucket).await;
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn azureblob_outage_then_recovery() {
+        let server = Mutex::new(Azurite::start().expect("azurite-blob"));
+        let container = "mm-outage";
+        let cfg = server.lock().unwrap().config(container);
+        cfg.container_client().unwrap().create().await.unwrap();
+        let s = Arc::new(AzureBlobStorage::new(cfg.clone()).unwrap());
+        checks::outage_then_recovery(
+            s,
+            || server.lock().unwrap().proc.stop(),
+            || async {
+                tokio::task::block_in_place(|| server.lock().unwrap().proc.restart());
+                cfg.container_client().unwrap().create().await.unwrap();
+            },
+        )
+        .await;
+    }
+
+    /// Azurite checks SAS signatures: the presigned URL serves the zip, the
+    /// same URL with its signature altered is refused.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn azureblob_presigned_url_is_verified() {
+        let f = az::fixture().await;
+        let c = modmesh_storage::compliance::coords("example.com/sas", "v1.0.0");
+        modmesh_storage::compliance::save_mock(&*f.storage, &c).await;
+        let url = f
+            .storage
+            .presign_zip(&c, std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        let ok = reqwest::get(&url).await.unwrap();
+        assert!(ok.status().is_success(), "{}", ok.status());
+        assert_eq!(ok.bytes().await.unwrap(), &b"789"[..]);
+        let forged = url.replace("sig=", "sig=AAAA");
+        let bad = reqwest::get(&forged).await.unwrap();
+        assert_eq!(bad.status(), reqwest::StatusCode::FORBIDDEN);
+    }
+}
 
 // ------------------------------------------------------------ disk layout
 

@@ -12,7 +12,11 @@ use modmesh_common::Config;
 use modmesh_proto::{Error, Result};
 use std::sync::Arc;
 
+pub mod azureblob;
+#[cfg(feature = "testing")]
+pub mod cloud_servers;
 pub mod disk;
+pub mod gcp;
 pub mod memory;
 
 pub use disk::DiskStorage;
@@ -22,7 +26,12 @@ pub use memory::MemoryStorage;
 pub type Builder = fn(&Config) -> Result<Arc<dyn Storage>>;
 
 /// Every `StorageType` this build serves, with its builder.
-pub const REGISTRY: &[(&str, Builder)] = &[("memory", memory::build), ("disk", disk::build)];
+pub const REGISTRY: &[(&str, Builder)] = &[
+    ("memory", memory::build),
+    ("disk", disk::build),
+    ("gcp", gcp::build),
+    ("azureblob", azureblob::build),
+];
 
 /// The `StorageType` values of [`REGISTRY`].
 pub fn types() -> Vec<&'static str> {
