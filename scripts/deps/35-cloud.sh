@@ -11,6 +11,12 @@ AZURITE_VERSION=3.37.0
 if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
 BIN=/usr/local/bin
 
+# openssl makes the throwaway service-account key the gcp tests sign with.
+if ! command -v openssl >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends openssl
+fi
+
 if ! command -v fake-gcs-server >/dev/null 2>&1; then
   command -v go >/dev/null 2>&1 || {
     $SUDO apt-get update -qq
