@@ -300,8 +300,8 @@ pub mod testing {
     /// [`MAX_POLL`] apart) over HTTP.
     pub const SCALE: Scale = Scale {
         time: 5,
-        slack: Duration::from_millis(1500),
-        wake: Duration::from_millis(500),
+        slack: Duration::from_millis(2000),
+        wake: Duration::from_millis(800),
     };
 
     /// A driver on a fresh bucket of `gcs`, built from `[Storage.GCP]`
