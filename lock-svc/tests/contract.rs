@@ -331,3 +331,42 @@ async fn azureblob_lease_renewed_while_held_and_lapses_when_holder_dies() {
     assert!(l.token > held.token);
     b.release(&l).await.unwrap();
 }
+
+/// A waiter that saw an expired lease but was overtaken by another waiter
+/// cannot break the new holder's lease: breaks are conditional on the blob
+/// being unchanged since it was read.
+#[tokio::test(flavor = "multi_thread")]
+async fn azureblob_stale_break_spares_the_new_holder() {
+    use modmesh_lock::drivers::azureblob::testing::concrete_in;
+    let Some(az) = modmesh_storage::backends::azureblob::testing::shared() else {
+        return;
+    };
+    let container = modmesh_storage::backends::azureblob::testing::container_name();
+    let a = concrete_in(az, &container).await;
+    let b = concrete_in(az, &container).await;
+    let key = "example.com/stale-break@v1.0.0";
+    let old = a
+        .acquire(key, Duration::from_millis(200), Duration::ZERO)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let stale = a.etag(key).await.unwrap().expect("the lock blob");
+    let new = b
+        .acquire(key, Duration::from_secs(30), Duration::from_secs(5))
+        .await
+        .expect("takeover of an expired lease");
+    assert!(new.token > old.token);
+    assert!(
+        !a.break_stale(key, &stale).await.unwrap(),
+        "a break on a stale etag went through"
+    );
+    b.keep_alive(&new)
+        .await
+        .expect("the new holder's lease survives");
+    let e = a
+        .acquire(key, Duration::from_secs(5), Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(e.is(ErrorKind::Timeout), "{e}");
+    b.release(&new).await.unwrap();
+}

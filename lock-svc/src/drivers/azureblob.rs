@@ -11,7 +11,8 @@
 //! lease's own expiry passes (a keep-alive moves that expiry and renews at
 //! once); a holder that dies stops renewing, so the Azure lease lapses
 //! within [`AZURE_LEASE`], and a waiter breaks a lease whose expiry has
-//! passed at once. A waiter polls with backoff (25 ms doubling to
+//! passed at once, on the condition that the blob is unchanged since it
+//! read the expiry. A waiter polls with backoff (25 ms doubling to
 //! [`MAX_POLL`]); a release clears the holder and releases the Azure lease.
 //!
 //! Athens' driver holds a 15 s lease renewed every 10 s with no TTL of its
@@ -105,6 +106,30 @@ async fn call<T>(what: &str, f: impl Future<Output = azure_core::Result<T>>) -> 
     }
 }
 
+/// The etag a lease break is conditioned on (the SDK's Break Lease has no
+/// `If-Match` of its own; [`ConditionalBreak`] adds it).
+#[derive(Debug, Clone)]
+struct BreakIfMatch(String);
+
+/// Adds `If-Match` to requests whose context carries a [`BreakIfMatch`].
+#[derive(Debug)]
+struct ConditionalBreak;
+
+#[async_trait]
+impl azure_core::Policy for ConditionalBreak {
+    async fn send(
+        &self,
+        ctx: &azure_core::Context,
+        request: &mut azure_core::Request,
+        next: &[Arc<dyn azure_core::Policy>],
+    ) -> azure_core::Result<azure_core::Response> {
+        if let Some(BreakIfMatch(etag)) = ctx.get::<BreakIfMatch>() {
+            request.insert_header(azure_core::headers::IF_MATCH, etag.clone());
+        }
+        next[0].send(ctx, request, &next[1..]).await
+    }
+}
+
 /// What the lock blob says.
 struct State {
     etag: String,
@@ -131,7 +156,9 @@ fn is_conflict(e: &Error) -> bool {
 impl AzureBlobLock {
     /// A driver on the container of `cfg` (it connects on first use).
     pub fn new(cfg: AzureBlobConfig) -> Result<Self> {
-        let container = cfg.container_client().map_err(super::config_error)?;
+        let container = cfg
+            .container_client_with(vec![Arc::new(ConditionalBreak)])
+            .map_err(super::config_error)?;
         Ok(AzureBlobLock {
             container,
             renewers: Arc::new(Mutex::new(HashMap::new())),
@@ -209,18 +236,7 @@ impl AzureBlobLock {
                 return Ok(None);
             }
             // The holder's lease has expired: break the Azure lease now.
-            let r = call(
-                "break lease",
-                blob.break_lease()
-                    .lease_break_period(LeaseBreakPeriod::from(Duration::ZERO))
-                    .into_future(),
-            )
-            .await;
-            match r {
-                Ok(_) => {}
-                Err(e) if is_conflict(&e) => {}
-                Err(e) => return Err(e),
-            }
+            self.break_if_unchanged(blob, &st.etag).await?;
         }
         let id = uuid::Uuid::new_v4();
         let r = call(
@@ -268,6 +284,39 @@ impl AzureBlobLock {
             ttl,
             token: epoch,
         }))
+    }
+
+    /// Breaks the Azure lease on `blob` at once, only if the blob's etag is
+    /// still `etag` (a waiter that read before someone else took over must
+    /// not break the new lease). `Ok(false)` when the blob changed.
+    async fn break_if_unchanged(&self, blob: &BlobClient, etag: &str) -> Result<bool> {
+        let mut ctx = azure_core::Context::new();
+        ctx.insert(BreakIfMatch(etag.to_string()));
+        let r = call(
+            "break lease",
+            blob.break_lease()
+                .lease_break_period(LeaseBreakPeriod::from(Duration::ZERO))
+                .context(ctx)
+                .into_future(),
+        )
+        .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if is_conflict(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The lock blob's etag (for tests of stale breaks).
+    #[cfg(feature = "testing")]
+    pub async fn etag(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.state(&self.blob(key)).await?.map(|st| st.etag))
+    }
+
+    /// [`Self::break_if_unchanged`] on `key`'s blob (for tests).
+    #[cfg(feature = "testing")]
+    pub async fn break_stale(&self, key: &str, etag: &str) -> Result<bool> {
+        self.break_if_unchanged(&self.blob(key), etag).await
     }
 
     /// Renews the Azure lease of `id` every [`RENEW_EVERY`] until the lock
@@ -492,6 +541,13 @@ pub mod testing {
         )
         .expect("config");
         crate::from_config(&cfg).expect("azureblob driver")
+    }
+
+    /// The concrete driver on `container` of `az` (created if missing).
+    pub async fn concrete_in(az: &Azurite, container: &str) -> AzureBlobLock {
+        let cfg = az.config(container);
+        let _ = cfg.container_client().expect("client").create().await;
+        AzureBlobLock::new(cfg).expect("azureblob driver")
     }
 
     /// A driver on the shared Azurite, or `None` when it is missing.

@@ -234,6 +234,15 @@ impl AzureBlobConfig {
     /// A client of the container, with no retries of its own (callers
     /// have deadlines) and connect/read timeouts.
     pub fn container_client(&self) -> std::result::Result<ContainerClient, ConfigError> {
+        self.container_client_with(Vec::new())
+    }
+
+    /// [`AzureBlobConfig::container_client`] with `per_call` policies run
+    /// on every request before it is signed.
+    pub fn container_client_with(
+        &self,
+        per_call: Vec<Arc<dyn azure_core::Policy>>,
+    ) -> std::result::Result<ContainerClient, ConfigError> {
         let a = self.access()?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -245,9 +254,12 @@ impl AzureBlobConfig {
             account: a.account,
             uri: a.endpoint,
         };
-        Ok(ClientBuilder::with_location(location, a.credentials)
+        let options = azure_core::ClientOptions::default()
+            .per_call_policies(per_call)
             .retry(azure_core::RetryOptions::none())
-            .transport(azure_core::TransportOptions::new(Arc::new(http)))
+            .transport(azure_core::TransportOptions::new(Arc::new(http)));
+        Ok(ClientBuilder::with_location(location, a.credentials)
+            .client_options(options)
             .container_client(self.ContainerName.trim()))
     }
 }
