@@ -112,6 +112,77 @@ mod cloud {
         .await;
     }
 
+    /// The connection-string and SAS-token forms of `[Storage.AzureBlob]`
+    /// work against Azurite (presigned reads need the key, so the SAS form
+    /// has none).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn azureblob_connection_string_and_sas_token() {
+        use azure_storage::shared_access_signature::SasToken;
+        use modmesh_storage::backends::cloud_servers::CloudServer;
+        use modmesh_storage::compliance::{assert_stored, coords, save_mock};
+        let server = azurite();
+        let container = server.new_bucket().await;
+        let build = |env: &[(&str, &str)]| {
+            let mut all = vec![
+                ("ATHENS_STORAGE_TYPE", "azureblob"),
+                ("ATHENS_AZURE_CONTAINER_NAME", container.as_str()),
+            ];
+            all.extend_from_slice(env);
+            let cfg = modmesh_common::Config::from_text("", &all).unwrap();
+            modmesh_storage::from_config(&cfg).unwrap()
+        };
+        let cs = format!(
+            "DefaultEndpointsProtocol=http;AccountName={};AccountKey={};BlobEndpoint={};",
+            az::ACCOUNT,
+            az::KEY,
+            server.endpoint()
+        );
+        let s = build(&[("AZURE_STORAGE_CONNECTION_STRING", &cs)]);
+        let c = coords("example.com/forms", "v1.0.0");
+        save_mock(&*s, &c).await;
+        assert_stored(&*s, &c, b"123", b"456", b"789").await;
+        assert!(s.capabilities().presigned_reads);
+
+        let perms = azure_storage::shared_access_signature::service_sas::BlobSasPermissions {
+            read: true,
+            add: true,
+            create: true,
+            write: true,
+            delete: true,
+            list: true,
+            ..Default::default()
+        };
+        let sas = server
+            .config(&container)
+            .container_client()
+            .unwrap()
+            .shared_access_signature(
+                perms,
+                time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+            )
+            .await
+            .unwrap()
+            .token()
+            .unwrap();
+        let endpoint = server.endpoint();
+        let s = build(&[
+            ("ATHENS_AZURE_ACCOUNT_NAME", az::ACCOUNT),
+            ("ATHENS_AZURE_SAS_TOKEN", &sas),
+            ("ATHENS_AZURE_ENDPOINT", &endpoint),
+        ]);
+        assert_stored(&*s, &c, b"123", b"456", b"789").await;
+        let c2 = coords("example.com/forms", "v1.1.0");
+        save_mock(&*s, &c2).await;
+        assert_eq!(s.list(&c.module).await.unwrap(), ["v1.0.0", "v1.1.0"]);
+        assert!(!s.capabilities().presigned_reads);
+        assert_eq!(
+            s.presign_zip(&c2, std::time::Duration::from_secs(60))
+                .await
+                .unwrap(),
+            None
+        );
+    }
+
     /// Azurite checks SAS signatures: the presigned URL serves the zip, the
     /// same URL with its signature altered is refused.
     #[tokio::test(flavor = "multi_thread")]
