@@ -82,9 +82,17 @@ mod cloud {
         let bucket = "mm-outage";
         let url = server.lock().unwrap().url();
         gcs::create_bucket_at(&url, bucket).await;
-        let s = Arc::new(GcpStorage::new(server.lock().unwrap().config(bucket)).unwrap());
+        let deadline = std::time::Duration::from_secs(2);
+        let s = Arc::new(
+            GcpStorage::new(server.lock().unwrap().config(bucket))
+                .unwrap()
+                .with_call_timeout(deadline),
+        );
         checks::outage_then_recovery(
             s,
+            deadline,
+            || server.lock().unwrap().proc.pause(),
+            || server.lock().unwrap().proc.resume(),
             || server.lock().unwrap().proc.stop(),
             || async {
                 tokio::task::block_in_place(|| server.lock().unwrap().proc.restart());
@@ -100,9 +108,17 @@ mod cloud {
         let container = "mm-outage";
         let cfg = server.lock().unwrap().config(container);
         cfg.container_client().unwrap().create().await.unwrap();
-        let s = Arc::new(AzureBlobStorage::new(cfg.clone()).unwrap());
+        let deadline = std::time::Duration::from_secs(2);
+        let s = Arc::new(
+            AzureBlobStorage::new(cfg.clone())
+                .unwrap()
+                .with_call_timeout(deadline),
+        );
         checks::outage_then_recovery(
             s,
+            deadline,
+            || server.lock().unwrap().proc.pause(),
+            || server.lock().unwrap().proc.resume(),
             || server.lock().unwrap().proc.stop(),
             || async {
                 tokio::task::block_in_place(|| server.lock().unwrap().proc.restart());

@@ -139,6 +139,24 @@ impl ServerProc {
         }
     }
 
+    /// Freezes the process (SIGSTOP): it keeps its port, accepts
+    /// connections and answers nothing, as a hung server does.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a [`ServerProc::pause`]d process go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            nix::sys::signal::kill(pid, sig).expect("signal the server");
+        }
+    }
+
     /// Kills the process (SIGKILL, by PID) and reaps it.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -357,15 +375,43 @@ pub async fn from_config_checks_bucket(server: &dyn CloudServer, storage_type: &
     assert!(e.message.contains(key), "{e}");
 }
 
-/// With the server stopped, every call is `Unavailable` or `Timeout`
-/// within a few seconds (and health says so); once it is back on the same
-/// port (`restart`, which also recreates `bucket`), the same backend works
-/// again.
-pub async fn outage_then_recovery<F, Fut>(s: Arc<dyn Storage>, stop: impl FnOnce(), restart: F)
-where
+/// With the server hung (`pause`), every call is `Timeout` at the
+/// backend's deadline (`deadline`, as the backend was built with); once it
+/// goes on (`resume`) calls work again. With the server stopped, every
+/// call is `Unavailable` or `Timeout` within a few seconds (and health says
+/// so); once it is back on the same port (`restart`, which also recreates
+/// the bucket), the same backend works again.
+pub async fn outage_then_recovery<F, Fut>(
+    s: Arc<dyn Storage>,
+    deadline: Duration,
+    pause: impl FnOnce(),
+    resume: impl FnOnce(),
+    stop: impl FnOnce(),
+    restart: F,
+) where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    let hung = coords("example.com/outage", "v0.9.0");
+    compliance::save_mock(&*s, &hung).await;
+    pause();
+    let slow = |what: &str, r: Result<(), modmesh_proto::Error>, took: Duration| {
+        let e = r.expect_err(what);
+        assert_eq!(e.kind, ErrorKind::Timeout, "{what} on a hung server: {e}");
+        assert!(
+            took >= deadline && took < deadline + Duration::from_secs(3),
+            "{what} on a hung server took {took:?} (deadline {deadline:?})"
+        );
+    };
+    let t = Instant::now();
+    slow("health", s.health().await, t.elapsed());
+    let t = Instant::now();
+    slow("info", s.info(&hung).await.map(|_| ()), t.elapsed());
+    let t = Instant::now();
+    slow("list", s.list(&hung.module).await.map(|_| ()), t.elapsed());
+    resume();
+    compliance::assert_stored(&*s, &hung, b"123", b"456", b"789").await;
+
     let c = coords("example.com/outage", "v1.0.0");
     compliance::save_mock(&*s, &c).await;
     stop();

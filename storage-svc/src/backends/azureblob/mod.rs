@@ -352,6 +352,7 @@ pub struct AzureBlobStorage {
     container: ContainerClient,
     has_key: bool,
     orphan_age: Duration,
+    call_timeout: Duration,
 }
 
 impl std::fmt::Debug for AzureBlobStorage {
@@ -452,6 +453,7 @@ impl AzureBlobStorage {
             container,
             has_key,
             orphan_age: ORPHAN_AGE,
+            call_timeout: CALL_TIMEOUT,
         })
     }
 
@@ -459,6 +461,13 @@ impl AzureBlobStorage {
     /// `age` rather than [`ORPHAN_AGE`].
     pub fn with_orphan_age(mut self, age: Duration) -> Self {
         self.orphan_age = age;
+        self
+    }
+
+    /// The same backend with `limit` as the deadline of each metadata call
+    /// rather than [`CALL_TIMEOUT`].
+    pub fn with_call_timeout(mut self, limit: Duration) -> Self {
+        self.call_timeout = limit;
         self
     }
 
@@ -499,7 +508,7 @@ impl AzureBlobStorage {
     async fn props(&self, name: String) -> Result<azure_storage_blobs::blob::Blob> {
         call(
             "get properties",
-            CALL_TIMEOUT,
+            self.call_timeout,
             self.blob(name).get_properties().into_future(),
         )
         .await
@@ -515,7 +524,7 @@ impl AzureBlobStorage {
     }
 
     async fn content(&self, name: String) -> Result<Bytes> {
-        call("get blob", CALL_TIMEOUT, self.blob(name).get_content())
+        call("get blob", self.call_timeout, self.blob(name).get_content())
             .await
             .map(Bytes::from)
     }
@@ -525,7 +534,7 @@ impl AzureBlobStorage {
         if let Some(etag) = etag {
             b = b.if_match(IfMatchCondition::Match(etag));
         }
-        match call("delete blob", CALL_TIMEOUT, b.into_future()).await {
+        match call("delete blob", self.call_timeout, b.into_future()).await {
             Ok(_) => Ok(()),
             Err(e) if e.is(ErrorKind::NotFound) => Ok(()),
             Err(e) => Err(e),
@@ -612,7 +621,7 @@ impl AzureBlobStorage {
             .content_type("application/zip")
             .if_match(if_none_match())
             .into_future();
-        match tokio::time::timeout(CALL_TIMEOUT, commit).await {
+        match tokio::time::timeout(self.call_timeout, commit).await {
             Ok(Ok(r)) => Ok(r.etag),
             Ok(Err(e)) => {
                 let code = error_code(&e);
@@ -626,7 +635,8 @@ impl AzureBlobStorage {
                 Err(mapped)
             }
             Err(_) => Err(Error::timeout(format!(
-                "azure blob: put block list: no answer within {CALL_TIMEOUT:?}"
+                "azure blob: put block list: no answer within {:?}",
+                self.call_timeout
             ))),
         }
     }
@@ -692,7 +702,7 @@ impl AzureBlobStorage {
             b = b.marker(NextMarker::new(m));
         }
         let mut pages = b.into_stream();
-        let page = tokio::time::timeout(CALL_TIMEOUT, pages.next())
+        let page = tokio::time::timeout(self.call_timeout, pages.next())
             .await
             .map_err(|_| Error::timeout("azure blob: list blobs: no answer"))?;
         let Some(page) = page else {
@@ -767,7 +777,7 @@ impl Storage for AzureBlobStorage {
     async fn health(&self) -> Result<()> {
         call(
             "get container properties",
-            CALL_TIMEOUT,
+            self.call_timeout,
             self.container.get_properties().into_future(),
         )
         .await

@@ -205,6 +205,7 @@ pub struct GcpStorage {
     account: Option<ServiceAccount>,
     client: tokio::sync::OnceCell<Client>,
     orphan_age: Duration,
+    call_timeout: Duration,
 }
 
 impl std::fmt::Debug for GcpStorage {
@@ -261,15 +262,16 @@ pub fn map_err(what: &str, e: google_cloud_storage::http::Error) -> Error {
     }
 }
 
-/// Awaits one call with [`CALL_TIMEOUT`].
-async fn call<T>(
+/// Awaits one call with a deadline of `limit`.
+async fn call_within<T>(
+    limit: Duration,
     what: &str,
     f: impl Future<Output = std::result::Result<T, google_cloud_storage::http::Error>>,
 ) -> Result<T> {
-    match tokio::time::timeout(CALL_TIMEOUT, f).await {
+    match tokio::time::timeout(limit, f).await {
         Ok(r) => r.map_err(|e| map_err(what, e)),
         Err(_) => Err(Error::timeout(format!(
-            "gcs: {what}: no answer within {CALL_TIMEOUT:?}"
+            "gcs: {what}: no answer within {limit:?}"
         ))),
     }
 }
@@ -306,6 +308,7 @@ impl GcpStorage {
             account,
             client: tokio::sync::OnceCell::new(),
             orphan_age: ORPHAN_AGE,
+            call_timeout: CALL_TIMEOUT,
         })
     }
 
@@ -313,6 +316,13 @@ impl GcpStorage {
     /// `age` rather than [`ORPHAN_AGE`].
     pub fn with_orphan_age(mut self, age: Duration) -> Self {
         self.orphan_age = age;
+        self
+    }
+
+    /// The same backend with `limit` as the deadline of each metadata call
+    /// rather than [`CALL_TIMEOUT`].
+    pub fn with_call_timeout(mut self, limit: Duration) -> Self {
+        self.call_timeout = limit;
         self
     }
 
@@ -366,7 +376,8 @@ impl GcpStorage {
 
     async fn head(&self, object: String) -> Result<Object> {
         let c = self.client().await?;
-        call(
+        call_within(
+            self.call_timeout,
             "get object",
             c.get_object(&GetObjectRequest {
                 bucket: self.bucket(),
@@ -393,14 +404,19 @@ impl GcpStorage {
             generation,
             ..Default::default()
         };
-        call("download", c.download_object(&req, &Range::default()))
-            .await
-            .map(Bytes::from)
+        call_within(
+            self.call_timeout,
+            "download",
+            c.download_object(&req, &Range::default()),
+        )
+        .await
+        .map(Bytes::from)
     }
 
     async fn remove(&self, object: String, generation: Option<i64>) -> Result<()> {
         let c = self.client().await?;
-        let r = call(
+        let r = call_within(
+            self.call_timeout,
             "delete object",
             c.delete_object(&DeleteObjectRequest {
                 bucket: self.bucket(),
@@ -446,7 +462,12 @@ impl GcpStorage {
                 UploadType::Simple(media)
             }
         };
-        call("upload", c.upload_object(&req, data, &upload)).await
+        call_within(
+            self.call_timeout,
+            "upload",
+            c.upload_object(&req, data, &upload),
+        )
+        .await
     }
 
     /// Uploads the zip create-only, streaming: one request if it fits in a
@@ -485,7 +506,8 @@ impl GcpStorage {
                     };
                     let mut media = Media::new(object.clone());
                     media.content_type = "application/zip".into();
-                    let s = call(
+                    let s = call_within(
+                        self.call_timeout,
                         "start zip upload",
                         c.prepare_resumable_upload(&req, &UploadType::Simple(media)),
                     )
@@ -583,7 +605,8 @@ impl GcpStorage {
         max: usize,
     ) -> Result<(Vec<Object>, Option<String>)> {
         let c = self.client().await?;
-        let r = call(
+        let r = call_within(
+            self.call_timeout,
             "list objects",
             c.list_objects(&ListObjectsRequest {
                 bucket: self.bucket(),
@@ -702,7 +725,8 @@ impl Storage for GcpStorage {
 
     async fn health(&self) -> Result<()> {
         let c = self.client().await?;
-        call(
+        call_within(
+            self.call_timeout,
             "get bucket",
             c.get_bucket(&GetBucketRequest {
                 bucket: self.bucket(),
@@ -777,7 +801,8 @@ impl Storage for GcpStorage {
             generation: Some(zip.generation),
             ..Default::default()
         };
-        let stream = call(
+        let stream = call_within(
+            self.call_timeout,
             "download zip",
             client.download_streamed_object(&req, &Range::default()),
         )
