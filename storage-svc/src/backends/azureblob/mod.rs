@@ -718,27 +718,79 @@ impl AzureBlobStorage {
     }
 }
 
-/// What a save wrote, deleted in the background if the save is dropped or
-/// fails before its `.info` is written.
+impl AzureBlobStorage {
+    /// The zip (create-only), go.mod, then the `.info` (create-only); what
+    /// was written is recorded in `cleanup`.
+    async fn save_parts(
+        &self,
+        c: &Coordinates,
+        req: &SaveRequest,
+        zip: ByteStream,
+        cleanup: &mut Cleanup,
+    ) -> Result<()> {
+        let (stream, spool) = hashing::tee(zip)?;
+        let etag = match self.put_zip(name(c, "zip"), req.zip_size, stream).await {
+            Ok(e) => e,
+            Err(e) if e.is(ErrorKind::AlreadyExists) => {
+                return Err(Error::already_exists(format!(
+                    "{c}: another save of it won ({})",
+                    e.message
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        cleanup.zip = Some((name(c, "zip"), etag));
+        let zip_h1 = spool.finish(req).await?;
+        cleanup.go_mod = Some(name(c, "mod"));
+        self.put_small(
+            name(c, "mod"),
+            req.go_mod.clone(),
+            "text/plain; charset=utf-8",
+            false,
+            None,
+        )
+        .await?;
+        let mut meta = Metadata::new();
+        meta.insert(META_ZIP_H1, zip_h1.unwrap_or_default());
+        meta.insert(META_MOD_H1, crate::mod_hash(&req.go_mod));
+        match self
+            .put_small(
+                name(c, "info"),
+                req.info.clone(),
+                "application/json",
+                true,
+                Some(meta),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is(ErrorKind::AlreadyExists) => {
+                // Someone else's .info: theirs is the stored version.
+                cleanup.container = None;
+                Err(already_exists(c))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// What a save wrote: deleted before a failed save returns, or in the
+/// background if the save is dropped, before its `.info` is written.
 struct Cleanup {
     container: Option<ContainerClient>,
     zip: Option<(String, String)>,
     go_mod: Option<String>,
 }
 
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Some(container) = self.container.take() else {
-            return;
-        };
+impl Cleanup {
+    /// Takes what is to be deleted, leaving the guard disarmed.
+    fn take(&mut self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let container = self.container.take()?;
         let (zip, go_mod) = (self.zip.take(), self.go_mod.take());
         if zip.is_none() && go_mod.is_none() {
-            return;
+            return None;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        rt.spawn(async move {
+        Some(async move {
             if let Some(m) = go_mod {
                 let _ = tokio::time::timeout(
                     CALL_TIMEOUT,
@@ -757,7 +809,25 @@ impl Drop for Cleanup {
                 )
                 .await;
             }
-        });
+        })
+    }
+
+    /// Deletes what the failed save wrote, before the error is returned.
+    async fn run(mut self) {
+        if let Some(work) = self.take() {
+            work.await;
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    /// A save dropped mid-way: delete in the background.
+    fn drop(&mut self) {
+        if let Some(work) = self.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(work);
+            }
+        }
     }
 }
 
@@ -894,51 +964,13 @@ impl Storage for AzureBlobStorage {
             zip: None,
             go_mod: None,
         };
-        let (stream, spool) = hashing::tee(zip)?;
-        let etag = match self.put_zip(name(&c, "zip"), req.zip_size, stream).await {
-            Ok(e) => e,
-            Err(e) if e.is(ErrorKind::AlreadyExists) => {
-                return Err(Error::already_exists(format!(
-                    "{c}: another save of it won ({})",
-                    e.message
-                )))
-            }
-            Err(e) => return Err(e),
-        };
-        cleanup.zip = Some((name(&c, "zip"), etag));
-        let zip_h1 = spool.finish(&req).await?;
-        cleanup.go_mod = Some(name(&c, "mod"));
-        self.put_small(
-            name(&c, "mod"),
-            req.go_mod.clone(),
-            "text/plain; charset=utf-8",
-            false,
-            None,
-        )
-        .await?;
-        let mut meta = Metadata::new();
-        meta.insert(META_ZIP_H1, zip_h1.unwrap_or_default());
-        meta.insert(META_MOD_H1, crate::mod_hash(&req.go_mod));
-        match self
-            .put_small(
-                name(&c, "info"),
-                req.info.clone(),
-                "application/json",
-                true,
-                Some(meta),
-            )
-            .await
-        {
-            Ok(_) => {
-                cleanup.container = None;
-                Ok(())
-            }
-            Err(e) if e.is(ErrorKind::AlreadyExists) => {
-                cleanup.container = None;
-                Err(already_exists(&c))
-            }
-            Err(e) => Err(e),
+        let result = self.save_parts(&c, &req, zip, &mut cleanup).await;
+        if result.is_err() {
+            cleanup.run().await;
+        } else {
+            cleanup.container = None;
         }
+        result
     }
 
     async fn delete(&self, c: &Coordinates) -> Result<()> {

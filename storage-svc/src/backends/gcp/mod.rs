@@ -623,6 +623,63 @@ impl GcpStorage {
     }
 }
 
+impl GcpStorage {
+    /// The zip (create-only), go.mod, then the `.info` (create-only); what
+    /// was written is recorded in `cleanup`.
+    async fn save_parts(
+        &self,
+        c: &Coordinates,
+        req: &SaveRequest,
+        zip: ByteStream,
+        cleanup: &mut Cleanup,
+    ) -> Result<()> {
+        let (stream, spool) = hashing::tee(zip)?;
+        let zip_obj = match self.put_zip(name(c, "zip"), stream, cleanup).await {
+            Ok(o) => o,
+            Err(e) if e.is(ErrorKind::AlreadyExists) => {
+                return Err(Error::already_exists(format!(
+                    "{c}: another save of it won ({})",
+                    e.message
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        cleanup.zip = Some((zip_obj.name.clone(), zip_obj.generation));
+        let zip_h1 = spool.finish(req).await?;
+        cleanup.go_mod = Some(name(c, "mod"));
+        self.put_small(
+            name(c, "mod"),
+            req.go_mod.clone(),
+            "text/plain; charset=utf-8",
+            false,
+            None,
+        )
+        .await?;
+        let mut meta = HashMap::new();
+        meta.insert(META_ZIP_H1.to_string(), zip_h1.unwrap_or_default());
+        meta.insert(META_MOD_H1.to_string(), crate::mod_hash(&req.go_mod));
+        match self
+            .put_small(
+                name(c, "info"),
+                req.info.clone(),
+                "application/json",
+                true,
+                Some(meta),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is(ErrorKind::AlreadyExists) => {
+                // Someone else's .info: theirs is the stored version, and
+                // the zip under it is not ours to delete.
+                cleanup.storage = None;
+                Err(already_exists(c))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Awaits a zip chunk's upload with [`DATA_TIMEOUT`].
 async fn chunk_call<T>(
     f: impl Future<Output = std::result::Result<T, google_cloud_storage::http::Error>>,
@@ -650,8 +707,8 @@ fn already_exists(c: &Coordinates) -> Error {
     Error::already_exists(format!("{c} is already stored"))
 }
 
-/// What a save wrote, deleted in the background if the save is dropped or
-/// fails before its `.info` is written.
+/// What a save wrote: deleted before a failed save returns, or in the
+/// background if the save is dropped, before its `.info` is written.
 struct Cleanup {
     storage: Option<(Client, String)>,
     session: Option<String>,
@@ -665,19 +722,15 @@ impl Cleanup {
     }
 }
 
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Some((client, bucket)) = self.storage.take() else {
-            return;
-        };
+impl Cleanup {
+    /// Takes what is to be deleted, leaving the guard disarmed.
+    fn take(&mut self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let (client, bucket) = self.storage.take()?;
         let (session, zip, go_mod) = (self.session.take(), self.zip.take(), self.go_mod.take());
         if session.is_none() && zip.is_none() && go_mod.is_none() {
-            return;
+            return None;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        rt.spawn(async move {
+        Some(async move {
             if let Some(url) = session {
                 let _ =
                     tokio::time::timeout(CALL_TIMEOUT, client.get_resumable_upload(url).cancel())
@@ -706,7 +759,26 @@ impl Drop for Cleanup {
                 )
                 .await;
             }
-        });
+        })
+    }
+
+    /// Deletes what the failed save wrote, before the error is returned
+    /// (so a retry right after finds nothing in its way).
+    async fn run(mut self) {
+        if let Some(work) = self.take() {
+            work.await;
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    /// A save dropped mid-way: delete in the background.
+    fn drop(&mut self) {
+        if let Some(work) = self.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(work);
+            }
+        }
     }
 }
 
@@ -867,52 +939,13 @@ impl Storage for GcpStorage {
             zip: None,
             go_mod: None,
         };
-        let (stream, spool) = hashing::tee(zip)?;
-        let zip_obj = match self.put_zip(name(&c, "zip"), stream, &mut cleanup).await {
-            Ok(o) => o,
-            Err(e) if e.is(ErrorKind::AlreadyExists) => {
-                return Err(Error::already_exists(format!(
-                    "{c}: another save of it won ({})",
-                    e.message
-                )))
-            }
-            Err(e) => return Err(e),
-        };
-        cleanup.zip = Some((zip_obj.name.clone(), zip_obj.generation));
-        let zip_h1 = spool.finish(&req).await?;
-        cleanup.go_mod = Some(name(&c, "mod"));
-        self.put_small(
-            name(&c, "mod"),
-            req.go_mod.clone(),
-            "text/plain; charset=utf-8",
-            false,
-            None,
-        )
-        .await?;
-        let mut meta = HashMap::new();
-        meta.insert(META_ZIP_H1.to_string(), zip_h1.unwrap_or_default());
-        meta.insert(META_MOD_H1.to_string(), crate::mod_hash(&req.go_mod));
-        match self
-            .put_small(
-                name(&c, "info"),
-                req.info.clone(),
-                "application/json",
-                true,
-                Some(meta),
-            )
-            .await
-        {
-            Ok(_) => {
-                cleanup.disarm();
-                Ok(())
-            }
-            Err(e) if e.is(ErrorKind::AlreadyExists) => {
-                // Someone else's .info: theirs is the stored version.
-                cleanup.disarm();
-                Err(already_exists(&c))
-            }
-            Err(e) => Err(e),
+        let result = self.save_parts(&c, &req, zip, &mut cleanup).await;
+        if result.is_err() {
+            cleanup.run().await;
+        } else {
+            cleanup.disarm();
         }
+        result
     }
 
     async fn delete(&self, c: &Coordinates) -> Result<()> {
