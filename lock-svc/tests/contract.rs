@@ -134,6 +134,16 @@ modmesh_lock::lock_contract!(redis, redis, Scale::REDIS);
 modmesh_lock::lock_contract!(grpc_redis, grpc_redis, Scale::REDIS);
 modmesh_lock::lock_contract!(redis_sentinel, redis_sentinel, Scale::REDIS);
 modmesh_lock::lock_contract!(etcd, etcd, Scale::ETCD);
+modmesh_lock::lock_contract!(
+    gcp,
+    modmesh_lock::drivers::gcp::testing::driver,
+    modmesh_lock::drivers::gcp::testing::SCALE
+);
+modmesh_lock::lock_contract!(
+    azureblob,
+    modmesh_lock::drivers::azureblob::testing::driver,
+    modmesh_lock::drivers::azureblob::testing::SCALE
+);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_outage_is_unavailable_and_recovers() {
@@ -288,4 +298,142 @@ async fn sentinel_outage_is_unavailable_and_recovers() {
         },
     )
     .await;
+}
+
+/// Runs `f` to completion on a runtime of its own (from sync code inside a
+/// test's runtime: server set-up after a restart).
+fn block_on_side<F: std::future::Future<Output = ()> + Send>(f: F) {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f)
+        })
+        .join()
+        .unwrap()
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gcp_outage_is_unavailable_and_recovers() {
+    use modmesh_storage::backends::gcp::testing::{create_bucket_at, FakeGcs};
+    let Some(gcs) = FakeGcs::start() else { return };
+    let bucket = "mm-lock-outage".to_string();
+    let lock = modmesh_lock::drivers::gcp::testing::driver_in(&gcs, &bucket).await;
+    let url = gcs.url();
+    let gcs = Mutex::new(gcs);
+    contract::outage_is_unavailable_and_recovers(
+        lock,
+        modmesh_lock::drivers::gcp::testing::SCALE,
+        || gcs.lock().unwrap().proc.stop(),
+        || {
+            gcs.lock().unwrap().proc.restart();
+            block_on_side(create_bucket_at(&url, &bucket));
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn azureblob_outage_is_unavailable_and_recovers() {
+    use modmesh_storage::backends::azureblob::testing::{container_name, Azurite};
+    let Some(az) = Azurite::start() else { return };
+    let container = container_name();
+    let lock = modmesh_lock::drivers::azureblob::testing::driver_in(&az, &container).await;
+    let cfg = az.config(&container);
+    let az = Mutex::new(az);
+    contract::outage_is_unavailable_and_recovers(
+        lock,
+        modmesh_lock::drivers::azureblob::testing::SCALE,
+        || az.lock().unwrap().proc.stop(),
+        || {
+            az.lock().unwrap().proc.restart();
+            block_on_side(async move {
+                cfg.container_client().unwrap().create().await.unwrap();
+            });
+        },
+    )
+    .await;
+}
+
+/// A lease with a TTL longer than Azure's 15 s lease stays held past 15 s
+/// with no keep-alive (the driver renews the Azure lease); a holder that
+/// dies (its driver gone, renewals stopped) frees the lock once the Azure
+/// lease lapses, within 15 s, long before its 60 s TTL.
+#[tokio::test(flavor = "multi_thread")]
+async fn azureblob_lease_renewed_while_held_and_lapses_when_holder_dies() {
+    use modmesh_lock::drivers::azureblob::{testing, AZURE_LEASE};
+    let Some(az) = modmesh_storage::backends::azureblob::testing::shared() else {
+        return;
+    };
+    let container = modmesh_storage::backends::azureblob::testing::container_name();
+    let a = testing::driver_in(az, &container).await;
+    let b = testing::driver_in(az, &container).await;
+    let key = "example.com/renewed@v1.0.0";
+    let held = a
+        .acquire(key, Duration::from_secs(60), Duration::ZERO)
+        .await
+        .unwrap();
+    tokio::time::sleep(AZURE_LEASE + Duration::from_secs(3)).await;
+    let e = b
+        .acquire(key, Duration::from_secs(5), Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(e.is(ErrorKind::Timeout), "the held lease lapsed: {e}");
+    a.keep_alive(&held).await.expect("still held");
+    // The holder dies: its driver (and renewer) goes, nothing released.
+    drop(a);
+    let died = Instant::now();
+    let l = b
+        .acquire(key, Duration::from_secs(5), Duration::from_secs(30))
+        .await
+        .expect("a dead holder's lock frees");
+    let took = died.elapsed();
+    assert!(
+        took < AZURE_LEASE + Duration::from_secs(3),
+        "freed {took:?} after the holder died"
+    );
+    assert!(l.token > held.token);
+    b.release(&l).await.unwrap();
+}
+
+/// A waiter that saw an expired lease but was overtaken by another waiter
+/// cannot break the new holder's lease: breaks are conditional on the blob
+/// being unchanged since it was read.
+#[tokio::test(flavor = "multi_thread")]
+async fn azureblob_stale_break_spares_the_new_holder() {
+    use modmesh_lock::drivers::azureblob::testing::concrete_in;
+    let Some(az) = modmesh_storage::backends::azureblob::testing::shared() else {
+        return;
+    };
+    let container = modmesh_storage::backends::azureblob::testing::container_name();
+    let a = concrete_in(az, &container).await;
+    let b = concrete_in(az, &container).await;
+    let key = "example.com/stale-break@v1.0.0";
+    let old = a
+        .acquire(key, Duration::from_millis(200), Duration::ZERO)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let stale = a.etag(key).await.unwrap().expect("the lock blob");
+    let new = b
+        .acquire(key, Duration::from_secs(30), Duration::from_secs(5))
+        .await
+        .expect("takeover of an expired lease");
+    assert!(new.token > old.token);
+    assert!(
+        !a.break_stale(key, &stale).await.unwrap(),
+        "a break on a stale etag went through"
+    );
+    b.keep_alive(&new)
+        .await
+        .expect("the new holder's lease survives");
+    let e = a
+        .acquire(key, Duration::from_secs(5), Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(e.is(ErrorKind::Timeout), "{e}");
+    b.release(&new).await.unwrap();
 }

@@ -30,6 +30,203 @@ storage_compliance_tests!(s3, s3_backend());
 storage_compliance_tests!(minio, minio_backend());
 storage_compliance_tests!(s3_on_s3s, s3s_backend());
 storage_compliance_tests!(grpc_s3, grpc_s3_backend());
+storage_compliance_tests!(gcp, modmesh_storage::backends::gcp::testing::fixture());
+storage_compliance_tests!(
+    azureblob,
+    modmesh_storage::backends::azureblob::testing::fixture()
+);
+
+/// The gcp and azureblob backends beyond the suite, each against its real
+/// server (fake-gcs-server, Azurite): an Athens-filled bucket served as it
+/// is, crashed saves' leftovers, start-up checks, an outage.
+mod cloud {
+    use modmesh_storage::backends::azureblob::testing::{self as az, Azurite};
+    use modmesh_storage::backends::cloud_servers as checks;
+    use modmesh_storage::backends::gcp::testing::{self as gcs, FakeGcs};
+    use modmesh_storage::backends::{azureblob::AzureBlobStorage, gcp::GcpStorage};
+    use std::sync::{Arc, Mutex};
+
+    fn gcs() -> &'static FakeGcs {
+        gcs::shared().expect("fake-gcs-server (scripts/deps/35-cloud.sh)")
+    }
+    fn azurite() -> &'static Azurite {
+        az::shared().expect("azurite-blob (scripts/deps/35-cloud.sh)")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn gcp_athens_layout_served_as_is() {
+        checks::athens_layout_served_as_is(gcs()).await;
+    }
+    #[tokio::test(flavor = "multi_thread")]
+    async fn azureblob_athens_layout_served_as_is() {
+        checks::athens_layout_served_as_is(azurite()).await;
+    }
+    #[tokio::test(flavor = "multi_thread")]
+    async fn gcp_orphans_never_served_then_replaced() {
+        checks::orphans_never_served_then_replaced(gcs()).await;
+    }
+    #[tokio::test(flavor = "multi_thread")]
+    async fn azureblob_orphans_never_served_then_replaced() {
+        checks::orphans_never_served_then_replaced(azurite()).await;
+    }
+    #[tokio::test(flavor = "multi_thread")]
+    async fn gcp_from_config_checks_bucket() {
+        checks::from_config_checks_bucket(gcs(), "gcp", "Storage.GCP.Bucket").await;
+    }
+    #[tokio::test(flavor = "multi_thread")]
+    async fn azureblob_from_config_checks_container() {
+        checks::from_config_checks_bucket(
+            azurite(),
+            "azureblob",
+            "Storage.AzureBlob.ContainerName",
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn gcp_outage_then_recovery() {
+        let server = Mutex::new(FakeGcs::start().expect("fake-gcs-server"));
+        let bucket = "mm-outage";
+        let url = server.lock().unwrap().url();
+        gcs::create_bucket_at(&url, bucket).await;
+        let deadline = std::time::Duration::from_secs(2);
+        let s = Arc::new(
+            GcpStorage::new(server.lock().unwrap().config(bucket))
+                .unwrap()
+                .with_call_timeout(deadline),
+        );
+        checks::outage_then_recovery(
+            s,
+            deadline,
+            || server.lock().unwrap().proc.pause(),
+            || server.lock().unwrap().proc.resume(),
+            || server.lock().unwrap().proc.stop(),
+            || async {
+                tokio::task::block_in_place(|| server.lock().unwrap().proc.restart());
+                gcs::create_bucket_at(&url, bucket).await;
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn azureblob_outage_then_recovery() {
+        let server = Mutex::new(Azurite::start().expect("azurite-blob"));
+        let container = "mm-outage";
+        let cfg = server.lock().unwrap().config(container);
+        cfg.container_client().unwrap().create().await.unwrap();
+        let deadline = std::time::Duration::from_secs(2);
+        let s = Arc::new(
+            AzureBlobStorage::new(cfg.clone())
+                .unwrap()
+                .with_call_timeout(deadline),
+        );
+        checks::outage_then_recovery(
+            s,
+            deadline,
+            || server.lock().unwrap().proc.pause(),
+            || server.lock().unwrap().proc.resume(),
+            || server.lock().unwrap().proc.stop(),
+            || async {
+                tokio::task::block_in_place(|| server.lock().unwrap().proc.restart());
+                cfg.container_client().unwrap().create().await.unwrap();
+            },
+        )
+        .await;
+    }
+
+    /// The connection-string and SAS-token forms of `[Storage.AzureBlob]`
+    /// work against Azurite (presigned reads need the key, so the SAS form
+    /// has none).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn azureblob_connection_string_and_sas_token() {
+        use azure_storage::shared_access_signature::SasToken;
+        use modmesh_storage::backends::cloud_servers::CloudServer;
+        use modmesh_storage::compliance::{assert_stored, coords, save_mock};
+        let server = azurite();
+        let container = server.new_bucket().await;
+        let build = |env: &[(&str, &str)]| {
+            let mut all = vec![
+                ("ATHENS_STORAGE_TYPE", "azureblob"),
+                ("ATHENS_AZURE_CONTAINER_NAME", container.as_str()),
+            ];
+            all.extend_from_slice(env);
+            let cfg = modmesh_common::Config::from_text("", &all).unwrap();
+            modmesh_storage::from_config(&cfg).unwrap()
+        };
+        let cs = format!(
+            "DefaultEndpointsProtocol=http;AccountName={};AccountKey={};BlobEndpoint={};",
+            az::ACCOUNT,
+            az::KEY,
+            server.endpoint()
+        );
+        let s = build(&[("AZURE_STORAGE_CONNECTION_STRING", &cs)]);
+        let c = coords("example.com/forms", "v1.0.0");
+        save_mock(&*s, &c).await;
+        assert_stored(&*s, &c, b"123", b"456", b"789").await;
+        assert!(s.capabilities().presigned_reads);
+
+        let perms = azure_storage::shared_access_signature::service_sas::BlobSasPermissions {
+            read: true,
+            add: true,
+            create: true,
+            write: true,
+            delete: true,
+            list: true,
+            ..Default::default()
+        };
+        let sas = server
+            .config(&container)
+            .container_client()
+            .unwrap()
+            .shared_access_signature(
+                perms,
+                time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+            )
+            .await
+            .unwrap()
+            .token()
+            .unwrap();
+        let endpoint = server.endpoint();
+        let s = build(&[
+            ("ATHENS_AZURE_ACCOUNT_NAME", az::ACCOUNT),
+            ("ATHENS_AZURE_SAS_TOKEN", &sas),
+            ("ATHENS_AZURE_ENDPOINT", &endpoint),
+        ]);
+        assert_stored(&*s, &c, b"123", b"456", b"789").await;
+        let c2 = coords("example.com/forms", "v1.1.0");
+        save_mock(&*s, &c2).await;
+        assert_eq!(s.list(&c.module).await.unwrap(), ["v1.0.0", "v1.1.0"]);
+        assert!(!s.capabilities().presigned_reads);
+        assert_eq!(
+            s.presign_zip(&c2, std::time::Duration::from_secs(60))
+                .await
+                .unwrap(),
+            None
+        );
+    }
+
+    /// Azurite checks SAS signatures: the presigned URL serves the zip, the
+    /// same URL with its signature altered is refused.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn azureblob_presigned_url_is_verified() {
+        let f = az::fixture().await;
+        let c = modmesh_storage::compliance::coords("example.com/sas", "v1.0.0");
+        modmesh_storage::compliance::save_mock(&*f.storage, &c).await;
+        let url = f
+            .storage
+            .presign_zip(&c, std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        let ok = reqwest::get(&url).await.unwrap();
+        assert!(ok.status().is_success(), "{}", ok.status());
+        assert_eq!(ok.bytes().await.unwrap(), &b"789"[..]);
+        let forged = url.replace("sig=", "sig=AAAA");
+        let bad = reqwest::get(&forged).await.unwrap();
+        assert_eq!(bad.status(), reqwest::StatusCode::FORBIDDEN);
+    }
+}
 
 // ------------------------------------------------------------ disk layout
 

@@ -5,12 +5,17 @@
 //! - `etcd`: [`etcd::EtcdLock`], `[SingleFlight.Etcd]`;
 //! - `redis`: [`redis::RedisLock`], `[SingleFlight.Redis]`;
 //! - `redis-sentinel`: the redis lock on the master named by sentinels,
-//!   `[SingleFlight.RedisSentinel]`.
+//!   `[SingleFlight.RedisSentinel]`;
+//! - `gcp`: [`gcp::GcpLock`], objects in the `[Storage.GCP]` bucket;
+//! - `azureblob`: [`azureblob::AzureBlobLock`], blob leases in the
+//!   `[Storage.AzureBlob]` container.
 //!
 //! A new driver is one file here (its code and its config section), one
 //! line in [`REGISTRY`] and one line in `tests/contract.rs`.
 
+pub mod azureblob;
 pub mod etcd;
+pub mod gcp;
 pub mod memory;
 pub mod redis;
 pub mod redis_sentinel;
@@ -33,6 +38,8 @@ pub const REGISTRY: &[(&str, Builder)] = &[
     ("etcd", etcd::build),
     ("redis", redis::build),
     ("redis-sentinel", redis_sentinel::build),
+    ("gcp", gcp::build),
+    ("azureblob", azureblob::build),
 ];
 
 /// A configuration error as an `Invalid` error (its message names the key).
@@ -195,7 +202,14 @@ mod tests {
         );
         // Every type builds from its defaults (no server is contacted).
         for t in types() {
-            let cfg = Config::from_text(&format!("SingleFlightType = \"{t}\"\n"), &[]).unwrap();
+            let storage = [
+                ("ATHENS_STORAGE_GCP_BUCKET", "b"),
+                ("ATHENS_AZURE_ACCOUNT_NAME", "a"),
+                ("ATHENS_AZURE_ACCOUNT_KEY", "a2V5"),
+                ("ATHENS_AZURE_CONTAINER_NAME", "c"),
+            ];
+            let cfg =
+                Config::from_text(&format!("SingleFlightType = \"{t}\"\n"), &storage).unwrap();
             from_config(&cfg).unwrap_or_else(|e| panic!("{t}: {e}"));
         }
     }

@@ -12,8 +12,12 @@ use modmesh_common::Config;
 use modmesh_proto::{Error, Result};
 use std::sync::Arc;
 
+pub mod azureblob;
+#[cfg(feature = "testing")]
+pub mod cloud_servers;
 pub mod disk;
 pub mod external;
+pub mod gcp;
 pub mod memory;
 pub mod minio;
 pub mod mongo;
@@ -36,6 +40,8 @@ pub const REGISTRY: &[(&str, Builder)] = &[
     ("external", external::build),
     ("s3", s3::build),
     ("minio", minio::build),
+    ("gcp", gcp::build),
+    ("azureblob", azureblob::build),
 ];
 
 /// The `StorageType` values of [`REGISTRY`].
