@@ -967,3 +967,140 @@ async fn real_modules_tidy_through_the_gateway_as_straight_from_the_upstream() -
     lap("real", "total", t);
     Ok(())
 }
+
+/// The checksum-database proxy: with its default `GOSUMDB` form pointing
+/// at a database the tests sign (`tests/sumdbhelper`), the go command
+/// verifies every module through the gateway; with the database stopped,
+/// a machine with empty caches verifies the same modules again from the
+/// gateway's cache; a lookup under `NoSumPatterns` is 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sumdb_proxy_verifies_online_and_with_the_database_down() -> Result<()> {
+    use modmesh_tests::sumdb::TestSumDb;
+    const T: &str = "sumdb_proxy";
+    let _heavy = HEAVY.lock().await;
+    let w = World::new()?;
+    let mut db = TestSumDb::start(w.proxy.root(), None).await?;
+    let mut spec = embedded_spec(
+        "gateway",
+        w.tmp.path(),
+        &Store::Disk(w.store.clone()),
+        &w.upstream.url(),
+    )?;
+    // The fetcher's go command verifies against the same database.
+    spec.set(
+        "ATHENS_GO_BINARY_ENV_VARS",
+        format!("GOPROXY={};GOSUMDB={}", w.upstream.url(), db.gosumdb()),
+    );
+    spec.set("ATHENS_SUM_DBS", db.url.clone());
+    spec.set(
+        "ATHENS_GONOSUM_PATTERNS",
+        "example.com/secret*,corp.example",
+    );
+    let gw = start_gateway(spec).await?;
+    let base = format!("{}/sumdb/{}", gw.url(), db.name());
+
+    let r = get(&format!("{base}/supported")).await?;
+    ensure!(r.status == StatusCode::OK, "supported: {}", r.status);
+    let r = get(&format!("{}/sumdb/other.example/supported", gw.url())).await?;
+    ensure!(
+        r.status == StatusCode::NOT_FOUND,
+        "unknown db: {}",
+        r.status
+    );
+    let r = get(&format!("{base}/lookup/corp.example/x@v1.0.0")).await?;
+    ensure!(
+        r.status == StatusCode::FORBIDDEN,
+        "NoSumPatterns: {}",
+        r.status
+    );
+    let r = get(&format!("{base}/lookup/example.com/secret/x@v1.0.0")).await?;
+    ensure!(
+        r.status == StatusCode::FORBIDDEN,
+        "NoSumPatterns glob: {}",
+        r.status
+    );
+
+    let t = Instant::now();
+    // The key alone: the go command then asks its GOPROXY for the database
+    // (`<name> <url>` would bypass every proxy), and the direct route
+    // (https://<name>) leads nowhere, so only the gateway can answer.
+    let sumdb_env = [("GOSUMDB", db.vkey.clone())];
+    let extra: Vec<(&str, &str)> = sumdb_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let online = GoEnv::new(&gw.url())?;
+    let app = w.tmp.path().join("app-online");
+    write_program(&app)?;
+    online
+        .run_with(&app, &["build", "-o", "app", "."], &extra)
+        .await?;
+    // The go command kept what it verified: lookups and tiles of this database.
+    let verified = online
+        .modcache()
+        .join("cache/download/sumdb")
+        .join(db.name())
+        .join("lookup");
+    ensure!(
+        verified.is_dir(),
+        "the go command looked nothing up through the gateway"
+    );
+    lap(T, "online build, verified through the gateway", t);
+
+    // The database goes away; a fresh machine verifies from the gateway's cache.
+    db.stop().await?;
+    let t = Instant::now();
+    let offline = GoEnv::new(&gw.url())?;
+    let app = w.tmp.path().join("app-offline");
+    write_program(&app)?;
+    offline
+        .run_with(&app, &["build", "-o", "app", "."], &extra)
+        .await
+        .with_context(|| gw.log_tail(4000))?;
+    lap(T, "offline build, verified from the gateway's cache", t);
+    // Something never cached is not made up: the stopped database gives 502/503/504.
+    let r = get(&format!("{base}/lookup/example.com/never@v1.0.0")).await?;
+    ensure!(
+        r.status.is_server_error() && r.status != StatusCode::INTERNAL_SERVER_ERROR,
+        "uncached lookup with the database down: {}",
+        r.status
+    );
+    Ok(())
+}
+
+/// A checksum database whose record disagrees with the zip the gateway
+/// stored makes the go command fail, through the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sumdb_proxy_mismatch_fails_the_go_command() -> Result<()> {
+    use modmesh_tests::sumdb::TestSumDb;
+    let _heavy = HEAVY.lock().await;
+    let w = World::new()?;
+    let db = TestSumDb::start(w.proxy.root(), Some(BASE)).await?;
+    // The fetcher does not check (GOSUMDB=off), so the zip is stored and
+    // only the client's check through the gateway stands in the way.
+    let mut spec = embedded_spec(
+        "gateway",
+        w.tmp.path(),
+        &Store::Disk(w.store.clone()),
+        &w.upstream.url(),
+    )?;
+    spec.set("ATHENS_SUM_DBS", db.url.clone());
+    let gw = start_gateway(spec).await?;
+    // The key alone, so the go command asks the gateway (see above).
+    let gosumdb = db.vkey.clone();
+    let env = GoEnv::new(&gw.url())?;
+    let app = w.tmp.path().join("app");
+    write_program(&app)?;
+    let err = env
+        .run_with(&app, &["build", "-o", "app", "."], &[("GOSUMDB", &gosumdb)])
+        .await
+        .err()
+        .context("the go command accepted a zip its checksum database disagrees with")?;
+    let text = format!("{err:#}");
+    ensure!(
+        text.contains("SECURITY ERROR") || text.contains("checksum mismatch"),
+        "the failure is not the checksum check: {text}"
+    );
+    ensure!(
+        text.contains(BASE),
+        "the failure does not name {BASE}: {text}"
+    );
+    Ok(())
+}

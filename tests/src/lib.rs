@@ -23,4 +23,5 @@ pub mod goclient;
 pub mod http;
 pub mod procs;
 pub mod server;
+pub mod sumdb;
 pub mod topology;

@@ -194,6 +194,8 @@ pub struct GoFetcher {
     version: OnceCell<String>,
     /// `go env GOPROXY GONOPROXY`, once it ran.
     proxy: OnceCell<ProxyEnv>,
+    /// The checksum databases this fetcher reaches for the gateway.
+    sumdb: Option<crate::sumdb::SumDbClient>,
 }
 
 impl std::fmt::Debug for GoFetcher {
@@ -249,7 +251,28 @@ impl GoFetcher {
             private_paths,
             version: OnceCell::new(),
             proxy: OnceCell::new(),
+            sumdb: None,
         }
+    }
+
+    /// The same fetcher, also reaching the checksum databases of `client`.
+    pub fn with_sumdb(mut self, client: crate::sumdb::SumDbClient) -> Self {
+        self.sumdb = Some(client);
+        self
+    }
+
+    /// A fetcher from `cfg`: the go settings, plus the checksum databases
+    /// `SumDBs` names (or `go env GOSUMDB`).
+    pub fn from_config(
+        cfg: &Config,
+        storage: Arc<dyn Storage>,
+    ) -> std::result::Result<Self, modmesh_common::config::ConfigError> {
+        let settings = GoSettings::from_config(cfg);
+        let s = cfg.section::<crate::sumdb::SumDbConfig>()?;
+        let dbs = s.databases(&settings.go_binary, &settings.env_vars);
+        let timeout = settings.timeout;
+        Ok(GoFetcher::new(settings, storage)
+            .with_sumdb(crate::sumdb::SumDbClient::new(dbs, timeout)))
     }
 
     /// The settings in use.
@@ -579,6 +602,15 @@ impl Fetcher for GoFetcher {
             )));
         }
         output::info_json(m)
+    }
+
+    async fn sumdb(&self, db: &str, path: &str) -> Result<Bytes> {
+        match &self.sumdb {
+            Some(c) => c.get(db, path).await,
+            None => Err(Error::not_found(format!(
+                "checksum database {db:?} is not proxied"
+            ))),
+        }
     }
 
     async fn health(&self) -> Result<()> {
