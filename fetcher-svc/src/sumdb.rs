@@ -24,6 +24,11 @@ pub struct SumDbConfig {
     /// `ATHENS_SUM_DB_CACHE_SIZE`: bytes of lookups and tiles the gateway
     /// keeps in memory to answer when the database cannot be reached.
     pub SumDBCacheSize: u64,
+    /// `ATHENS_GONOSUM_PATTERNS`: module path patterns never looked up in a
+    /// checksum database. The gateway refuses their lookups (403); the
+    /// fetcher's go command gets them as `GONOSUMDB` unless
+    /// `GoBinaryEnvVars` sets it. The same key the home page shows.
+    pub NoSumPatterns: Vec<String>,
 }
 
 /// The default of `SumDBCacheSize`: 64 MiB.
@@ -34,6 +39,7 @@ impl Section for SumDbConfig {
     const ENV: &'static [Env] = &[
         Env::list("ATHENS_SUM_DBS", "SumDBs", ','),
         Env::new("ATHENS_SUM_DB_CACHE_SIZE", "SumDBCacheSize"),
+        Env::new("ATHENS_GONOSUM_PATTERNS", "NoSumPatterns"),
     ];
 
     fn validate(&self) -> std::result::Result<(), ConfigError> {

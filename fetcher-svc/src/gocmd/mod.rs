@@ -267,12 +267,30 @@ impl GoFetcher {
         cfg: &Config,
         storage: Arc<dyn Storage>,
     ) -> std::result::Result<Self, modmesh_common::config::ConfigError> {
-        let settings = GoSettings::from_config(cfg);
+        let mut settings = GoSettings::from_config(cfg);
         let s = cfg.section::<crate::sumdb::SumDbConfig>()?;
+        let sets = |env: &[String], key: &str| {
+            env.iter()
+                .any(|kv| kv.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+        };
+        // As Athens: NoSumPatterns reach the go command as GONOSUMDB.
+        if !s.NoSumPatterns.is_empty() && !sets(&settings.env_vars, "GONOSUMDB") {
+            settings
+                .env_vars
+                .push(format!("GONOSUMDB={}", s.NoSumPatterns.join(",")));
+        }
         let dbs = s.databases(&settings.go_binary, &settings.env_vars);
         let timeout = settings.timeout;
-        Ok(GoFetcher::new(settings, storage)
-            .with_sumdb(crate::sumdb::SumDbClient::new(dbs, timeout)))
+        let private = cfg.section::<crate::private::PrivateConfig>()?;
+        let mut f = GoFetcher::new(settings, storage)
+            .with_sumdb(crate::sumdb::SumDbClient::new(dbs, timeout));
+        for kv in private.prepare(&f.base)? {
+            let key = kv.split_once('=').map(|(k, _)| k).unwrap_or_default();
+            if !sets(&f.settings.env_vars, key) {
+                f.settings.env_vars.push(kv);
+            }
+        }
+        Ok(f)
     }
 
     /// The settings in use.
@@ -640,6 +658,40 @@ mod tests {
         assert_eq!(s.timeout, Duration::from_secs(7));
         cfg.GoGetDir = String::new();
         assert_eq!(GoSettings::from_config(&cfg).go_get_dir, None);
+    }
+
+    #[test]
+    fn no_sum_patterns_and_netrc_reach_the_go_command() {
+        let d = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> =
+            Arc::new(modmesh_storage::backends::memory::MemoryStorage::new());
+        let cfg = Config::from_text(
+            "SumDBs = [\"https://db.example\"]\n",
+            &[
+                ("ATHENS_GONOSUM_PATTERNS", "corp.example,*.internal"),
+                ("ATHENS_GITHUB_TOKEN", "t0k"),
+                ("ATHENS_GOGET_DIR", d.path().to_str().unwrap()),
+            ],
+        )
+        .unwrap();
+        let f = GoFetcher::from_config(&cfg, storage.clone()).unwrap();
+        let netrc = d.path().join(crate::private::NETRC_FILE);
+        assert_eq!(
+            f.settings().env_vars,
+            [
+                "GONOSUMDB=corp.example,*.internal".to_string(),
+                format!("NETRC={}", netrc.display())
+            ]
+        );
+        assert!(!format!("{f:?}").contains("t0k"));
+        // GoBinaryEnvVars wins.
+        let cfg = Config::from_text(
+            "GoBinaryEnvVars = [\"GONOSUMDB=x.example\", \"NETRC=/n\"]\nNoSumPatterns = [\"corp.example\"]\n",
+            &[("ATHENS_GITHUB_TOKEN", "t0k"), ("ATHENS_GOGET_DIR", d.path().to_str().unwrap())],
+        )
+        .unwrap();
+        let f = GoFetcher::from_config(&cfg, storage).unwrap();
+        assert_eq!(f.settings().env_vars, ["GONOSUMDB=x.example", "NETRC=/n"]);
     }
 
     #[test]
