@@ -1104,3 +1104,86 @@ async fn sumdb_proxy_mismatch_fails_the_go_command() -> Result<()> {
     );
     Ok(())
 }
+
+/// When the fetcher's go command refuses a download, the client gets 403
+/// and the go command's reason, without server paths: a zip its checksum
+/// database disagrees with, and a toolchain module with `GOSUMDB=off`
+/// (toolchains must always be verified).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_command_refusals_are_403_with_the_reason() -> Result<()> {
+    use modmesh_tests::fixtures::ModuleVersion;
+    use modmesh_tests::sumdb::TestSumDb;
+    let _heavy = HEAVY.lock().await;
+    let w = World::new()?;
+    const TOOLCHAIN: &str = "golang.org/toolchain";
+    const TOOLCHAIN_V: &str = "v0.0.1-go1.99.1.linux-amd64";
+    w.proxy.add(&ModuleVersion {
+        path: TOOLCHAIN.into(),
+        version: TOOLCHAIN_V.into(),
+        time: "2024-01-01T00:00:00Z".into(),
+        go_mod: Some(format!("module {TOOLCHAIN}\n")),
+        files: vec![("bin/go".into(), b"#!/bin/sh\necho go1.99.1\n".to_vec())],
+    })?;
+    let goget_marker = w.tmp.path().display().to_string();
+
+    // The fetcher verifies against a database whose record for BASE is wrong.
+    let db = TestSumDb::start(w.proxy.root(), Some(BASE)).await?;
+    let mut spec = embedded_spec(
+        "gw-corrupt",
+        w.tmp.path(),
+        &Store::Disk(w.store.clone()),
+        &w.upstream.url(),
+    )?;
+    spec.set(
+        "ATHENS_GO_BINARY_ENV_VARS",
+        format!("GOPROXY={};GOSUMDB={}", w.upstream.url(), db.gosumdb()),
+    );
+    let gw = start_gateway(spec).await?;
+    let r = get(&format!("{}{}", gw.url(), url_path(BASE, BASE_RC, "zip"))).await?;
+    let body = r.text();
+    ensure!(
+        r.status == StatusCode::FORBIDDEN,
+        "mismatch: {} {body}",
+        r.status
+    );
+    ensure!(
+        body.contains("checksum mismatch"),
+        "mismatch reason: {body}"
+    );
+    ensure!(!body.contains(&goget_marker), "server path in {body}");
+    // Nothing was stored: the module stays refused, never served.
+    let r = get(&format!("{}{}", gw.url(), url_path(BASE, BASE_RC, "mod"))).await?;
+    ensure!(
+        r.status == StatusCode::FORBIDDEN,
+        "mismatch again: {}",
+        r.status
+    );
+    drop(gw);
+
+    // The default fetcher environment has GOSUMDB=off.
+    let spec = embedded_spec(
+        "gw-off",
+        w.tmp.path(),
+        &Store::Disk(w.store.clone()),
+        &w.upstream.url(),
+    )?;
+    let gw = start_gateway(spec).await?;
+    let r = get(&format!(
+        "{}{}",
+        gw.url(),
+        url_path(TOOLCHAIN, TOOLCHAIN_V, "zip")
+    ))
+    .await?;
+    let body = r.text();
+    ensure!(
+        r.status == StatusCode::FORBIDDEN,
+        "toolchain: {} {body}",
+        r.status
+    );
+    ensure!(
+        body.contains("checksum database disabled by GOSUMDB=off"),
+        "toolchain reason: {body}"
+    );
+    ensure!(!body.contains(&goget_marker), "server path in {body}");
+    Ok(())
+}
