@@ -1187,3 +1187,63 @@ async fn go_command_refusals_are_403_with_the_reason() -> Result<()> {
     ensure!(!body.contains(&goget_marker), "server path in {body}");
     Ok(())
 }
+
+/// `GOTOOLCHAIN=go1.99.1`: the go command downloads the toolchain module
+/// (160 MiB) through the gateway (the gateway's fetcher verifying it
+/// against the tests' checksum database, the client verifying it through
+/// the gateway's checksum-database proxy), runs the switched toolchain, and
+/// the gateway's peak RSS stays under 128 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toolchain_switch_downloads_through_the_gateway() -> Result<()> {
+    use modmesh_tests::sumdb::TestSumDb;
+    use modmesh_tests::toolchain::{self, TOOLCHAIN};
+    const FILLER: u64 = 160 << 20;
+    let _heavy = HEAVY.lock().await;
+    let t = Instant::now();
+    let w = World::new()?;
+    let p = w.proxy.clone();
+    tokio::task::spawn_blocking(move || toolchain::write(&p, "go1.99.1", FILLER)).await??;
+    let toolchain_v = toolchain::version("go1.99.1");
+    lap("toolchain", "160 MiB toolchain written", t);
+    let db = TestSumDb::start(w.proxy.root(), None).await?;
+    let mut spec = embedded_spec(
+        "gateway",
+        w.tmp.path(),
+        &Store::Disk(w.store.clone()),
+        &w.upstream.url(),
+    )?;
+    spec.set(
+        "ATHENS_GO_BINARY_ENV_VARS",
+        format!("GOPROXY={};GOSUMDB={}", w.upstream.url(), db.gosumdb()),
+    );
+    spec.set("ATHENS_SUM_DBS", db.url.clone());
+    let gw = start_gateway(spec).await?;
+    let env = GoEnv::new(&gw.url())?;
+    let dir = w.tmp.path().join("outside-any-module");
+    std::fs::create_dir_all(&dir)?;
+    let out = env
+        .run_with(
+            &dir,
+            &["version"],
+            &[("GOTOOLCHAIN", "go1.99.1"), ("GOSUMDB", db.vkey.as_str())],
+        )
+        .await?;
+    lap("toolchain", "switched through the gateway", t);
+    ensure!(
+        out.stdout.contains("fake toolchain go1.99.1: version"),
+        "the switched toolchain did not run: {out:?}"
+    );
+    ensure!(
+        w.upstream.count(&url_path(TOOLCHAIN, &toolchain_v, "zip")) == 1,
+        "the toolchain zip did not come from the upstream once: {:?}",
+        w.upstream.counts()
+    );
+    let hwm = gw.vm_hwm_kib()?;
+    eprintln!("[toolchain] gateway VmHWM {} MiB", hwm / 1024);
+    ensure!(
+        hwm < 128 * 1024,
+        "gateway peak RSS {} MiB >= 128 MiB after a 160 MiB toolchain",
+        hwm / 1024
+    );
+    Ok(())
+}

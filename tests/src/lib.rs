@@ -24,4 +24,5 @@ pub mod http;
 pub mod procs;
 pub mod server;
 pub mod sumdb;
+pub mod toolchain;
 pub mod topology;
