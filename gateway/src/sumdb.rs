@@ -89,7 +89,8 @@ pub async fn answer(
             )));
         }
     }
-    fetcher.sumdb(db, rest).await
+    // The database is the upstream here: unreachable is 502, not 503.
+    fetcher.sumdb(db, rest).await.map_err(Error::from_upstream)
 }
 
 /// Whether `module` matches one of the glob `patterns` as the go command
