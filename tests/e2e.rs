@@ -1247,3 +1247,98 @@ async fn toolchain_switch_downloads_through_the_gateway() -> Result<()> {
     );
     Ok(())
 }
+
+/// A private module behind an HTTPS GOPROXY with basic auth: a gateway
+/// without credentials is refused (403), a gateway with `NETRCPath` serves
+/// it, and neither gateway's log shows the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_module_needs_the_netrc_and_the_password_is_never_logged() -> Result<()> {
+    use modmesh_tests::fixtures::ModuleVersion;
+    use modmesh_tests::private::PrivateProxy;
+    const MODULE: &str = "example.com/private/secret";
+    const VERSION: &str = "v1.0.0";
+    const PASSWORD: &str = "pa55-s3cr3t-never-logged";
+    let _heavy = HEAVY.lock().await;
+    let tmp = tempfile::tempdir()?;
+    let proxy = ProxyDir::new(tmp.path().join("private"))?;
+    let mv = ModuleVersion {
+        path: MODULE.into(),
+        version: VERSION.into(),
+        time: "2024-01-01T00:00:00Z".into(),
+        go_mod: Some(format!("module {MODULE}\n\ngo 1.21\n")),
+        files: vec![(
+            "secret.go".into(),
+            b"// Package secret is private.\npackage secret\n".to_vec(),
+        )],
+    };
+    proxy.add(&mv)?;
+    let private = PrivateProxy::start(proxy.root(), tmp.path(), "modder", PASSWORD).await?;
+    let netrc = tmp.path().join("netrc");
+    std::fs::write(
+        &netrc,
+        format!(
+            "machine {} login modder password {PASSWORD}\n",
+            private.machine()
+        ),
+    )?;
+    let ca = private.ca_file().display().to_string();
+
+    let mut spec = embedded_spec(
+        "gw-anon",
+        tmp.path(),
+        &Store::Disk(tmp.path().join("store-anon")),
+        &private.url(),
+    )?;
+    std::fs::create_dir_all(tmp.path().join("store-anon"))?;
+    spec.set("SSL_CERT_FILE", ca.clone());
+    let anon = start_gateway(spec).await?;
+    let r = get(&format!(
+        "{}{}",
+        anon.url(),
+        url_path(MODULE, VERSION, "mod")
+    ))
+    .await?;
+    ensure!(
+        r.status == StatusCode::FORBIDDEN,
+        "without the netrc: {} {}",
+        r.status,
+        r.text()
+    );
+    ensure!(
+        private.unauthorized() > 0,
+        "the private proxy was never asked"
+    );
+
+    let mut spec = embedded_spec(
+        "gw-netrc",
+        tmp.path(),
+        &Store::Disk(tmp.path().join("store-netrc")),
+        &private.url(),
+    )?;
+    std::fs::create_dir_all(tmp.path().join("store-netrc"))?;
+    spec.set("SSL_CERT_FILE", ca);
+    spec.set("ATHENS_NETRC_PATH", netrc.display().to_string());
+    let gw = start_gateway(spec).await?;
+    let r = get(&format!("{}{}", gw.url(), url_path(MODULE, VERSION, "mod"))).await?;
+    ensure!(
+        r.status == StatusCode::OK && r.text() == mv.mod_file(),
+        "with the netrc: {} {}\n{}",
+        r.status,
+        r.text(),
+        gw.log_tail(3000)
+    );
+    let r = get(&format!("{}{}", gw.url(), url_path(MODULE, VERSION, "zip"))).await?;
+    ensure!(
+        r.status == StatusCode::OK,
+        "zip with the netrc: {}",
+        r.status
+    );
+    for p in [&anon, &gw] {
+        ensure!(
+            !p.log_text().contains(PASSWORD),
+            "the password is in a log:\n{}",
+            p.log_text()
+        );
+    }
+    Ok(())
+}

@@ -21,6 +21,7 @@ pub mod dbs;
 pub mod fixtures;
 pub mod goclient;
 pub mod http;
+pub mod private;
 pub mod procs;
 pub mod server;
 pub mod sumdb;
