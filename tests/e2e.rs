@@ -1342,3 +1342,45 @@ async fn private_module_needs_the_netrc_and_the_password_is_never_logged() -> Re
     }
     Ok(())
 }
+
+/// The checksum-database proxy in the mesh: the gateway reaches the
+/// database only through fetcher-svc (gRPC `SumDB`), which alone holds
+/// `SumDBs`; with the database stopped, the gateway's cache answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_sumdb_proxy_goes_through_the_fetcher() -> Result<()> {
+    use modmesh_tests::sumdb::TestSumDb;
+    let _heavy = HEAVY.lock().await;
+    let w = World::new()?;
+    let mut db = TestSumDb::start(w.proxy.root(), None).await?;
+    let env_vars = format!("GOPROXY={};GOSUMDB={}", w.upstream.url(), db.gosumdb());
+    let mut mesh = Mesh::start_with_fetcher_env(
+        w.tmp.path(),
+        &Store::Disk(w.store.clone()),
+        &w.upstream.url(),
+        1,
+        &[
+            ("ATHENS_GO_BINARY_ENV_VARS", env_vars.as_str()),
+            ("ATHENS_SUM_DBS", db.url.as_str()),
+        ],
+    )
+    .await?;
+    let gw = mesh.gateways[0].url();
+    let vkey = db.vkey.clone();
+    let extra = [("GOSUMDB", vkey.as_str())];
+    for (phase, label) in [
+        ("online", "app-online"),
+        ("database stopped", "app-offline"),
+    ] {
+        if phase == "database stopped" {
+            db.stop().await?;
+        }
+        let env = GoEnv::new(&gw)?;
+        let app = w.tmp.path().join(label);
+        write_program(&app)?;
+        env.run_with(&app, &["build", "-o", "app", "."], &extra)
+            .await
+            .with_context(|| format!("{phase}\n{}", mesh.log_tails(3000)))?;
+    }
+    mesh.stop()?;
+    Ok(())
+}
