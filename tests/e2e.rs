@@ -1065,6 +1065,40 @@ async fn sumdb_proxy_verifies_online_and_with_the_database_down() -> Result<()> 
     Ok(())
 }
 
+/// Corrupted tiles from the checksum database, passed on by the gateway,
+/// make the go command fail: it never accepts a module on a tree it cannot
+/// verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sumdb_proxy_corrupted_tiles_fail_the_go_command() -> Result<()> {
+    use modmesh_tests::sumdb::TestSumDb;
+    let _heavy = HEAVY.lock().await;
+    let w = World::new()?;
+    let db = TestSumDb::start_with(w.proxy.root(), &["-corrupt-tiles"]).await?;
+    let mut spec = embedded_spec(
+        "gateway",
+        w.tmp.path(),
+        &Store::Disk(w.store.clone()),
+        &w.upstream.url(),
+    )?;
+    spec.set("ATHENS_SUM_DBS", db.url.clone());
+    let gw = start_gateway(spec).await?;
+    let vkey = db.vkey.clone();
+    let env = GoEnv::new(&gw.url())?;
+    let app = w.tmp.path().join("app");
+    write_program(&app)?;
+    let err = env
+        .run_with(&app, &["build", "-o", "app", "."], &[("GOSUMDB", &vkey)])
+        .await
+        .err()
+        .context("the go command accepted modules on corrupted tiles")?;
+    let text = format!("{err:#}");
+    ensure!(
+        text.contains("verifying") && !text.contains("connection refused"),
+        "the failure is not the tree check: {text}"
+    );
+    Ok(())
+}
+
 /// A checksum database whose record disagrees with the zip the gateway
 /// stored makes the go command fail, through the gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,12 +54,18 @@ impl TestSumDb {
     /// Serves the go.sum lines of the modules under `root` (a GOPROXY
     /// layout). With `corrupt`, that module's zip records carry a wrong hash.
     pub async fn start(root: &Path, corrupt: Option<&str>) -> Result<TestSumDb> {
+        match corrupt {
+            Some(m) => Self::start_with(root, &["-corrupt", m]).await,
+            None => Self::start_with(root, &[]).await,
+        }
+    }
+
+    /// Like [`TestSumDb::start`] with the helper's own flags (`-corrupt
+    /// <module>`, `-corrupt-tiles`: every tile served has a byte flipped).
+    pub async fn start_with(root: &Path, flags: &[&str]) -> Result<TestSumDb> {
         let bin = helper().await?;
         let mut cmd = tokio::process::Command::new(bin);
-        cmd.arg("-root").arg(root);
-        if let Some(m) = corrupt {
-            cmd.args(["-corrupt", m]);
-        }
+        cmd.arg("-root").arg(root).args(flags);
         let mut child = cmd
             .stdout(Stdio::piped())
             .kill_on_drop(true)

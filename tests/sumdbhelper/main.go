@@ -5,7 +5,8 @@
 // It listens on 127.0.0.1 (a free port), names its key after that address,
 // prints the verifier key and the URL on two lines of standard output, and
 // serves until killed. With -corrupt <module>, the records of that module
-// carry a hash of other bytes, so every client must reject its zip.
+// carry a hash of other bytes, so every client must reject its zip. With
+// -corrupt-tiles, one byte of every tile it serves is flipped.
 package main
 
 import (
@@ -30,6 +31,7 @@ import (
 func main() {
 	root := flag.String("root", "", "GOPROXY-layout directory of the modules")
 	corrupt := flag.String("corrupt", "", "module whose records carry a wrong hash")
+	corruptTiles := flag.Bool("corrupt-tiles", false, "flip a byte of every tile served")
 	flag.Parse()
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -76,5 +78,44 @@ func main() {
 	w := bufio.NewWriter(os.Stdout)
 	fmt.Fprintf(w, "%s\nhttp://%s\n", vkey, name)
 	w.Flush()
-	log.Fatal(http.Serve(ln, sumdb.NewServer(sumdb.NewTestServer(skey, gosum))))
+	var h http.Handler = sumdb.NewServer(sumdb.NewTestServer(skey, gosum))
+	if *corruptTiles {
+		h = flipTiles(h)
+	}
+	log.Fatal(http.Serve(ln, h))
+}
+
+// flipTiles serves h, with the first byte of every successful /tile/
+// answer flipped.
+func flipTiles(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, "/tile/") {
+			h.ServeHTTP(w, r)
+			return
+		}
+		rec := &recorder{header: http.Header{}, code: http.StatusOK}
+		h.ServeHTTP(rec, r)
+		body := rec.body
+		if rec.code == http.StatusOK && len(body) > 0 {
+			body[0] ^= 0xff
+		}
+		for k, v := range rec.header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.code)
+		w.Write(body)
+	})
+}
+
+type recorder struct {
+	header http.Header
+	code   int
+	body   []byte
+}
+
+func (r *recorder) Header() http.Header  { return r.header }
+func (r *recorder) WriteHeader(code int) { r.code = code }
+func (r *recorder) Write(b []byte) (int, error) {
+	r.body = append(r.body, b...)
+	return len(b), nil
 }
