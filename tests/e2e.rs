@@ -967,3 +967,454 @@ async fn real_modules_tidy_through_the_gateway_as_straight_from_the_upstream() -
     lap("real", "total", t);
     Ok(())
 }
+
+/// The checksum-database proxy: with its default `GOSUMDB` form pointing
+/// at a database the tests sign (`tests/sumdbhelper`), the go command
+/// verifies every module through the gateway; with the database stopped,
+/// a machine with empty caches verifies the same modules again from the
+/// gateway's cache; a lookup under `NoSumPatterns` is 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sumdb_proxy_verifies_online_and_with_the_database_down() -> Result<()> {
+    use modmesh_tests::sumdb::TestSumDb;
+    const T: &str = "sumdb_proxy";
+    let _heavy = HEAVY.lock().await;
+    let w = World::new()?;
+    let mut db = TestSumDb::start(w.proxy.root(), None).await?;
+    let mut spec = embedded_spec(
+        "gateway",
+        w.tmp.path(),
+        &Store::Disk(w.store.clone()),
+        &w.upstream.url(),
+    )?;
+    // The fetcher's go command verifies against the same database.
+    spec.set(
+        "ATHENS_GO_BINARY_ENV_VARS",
+        format!("GOPROXY={};GOSUMDB={}", w.upstream.url(), db.gosumdb()),
+    );
+    spec.set("ATHENS_SUM_DBS", db.url.clone());
+    spec.set(
+        "ATHENS_GONOSUM_PATTERNS",
+        "example.com/secret*,corp.example",
+    );
+    let gw = start_gateway(spec).await?;
+    let base = format!("{}/sumdb/{}", gw.url(), db.name());
+
+    let r = get(&format!("{base}/supported")).await?;
+    ensure!(r.status == StatusCode::OK, "supported: {}", r.status);
+    let r = get(&format!("{}/sumdb/other.example/supported", gw.url())).await?;
+    ensure!(
+        r.status == StatusCode::NOT_FOUND,
+        "unknown db: {}",
+        r.status
+    );
+    let r = get(&format!("{base}/lookup/corp.example/x@v1.0.0")).await?;
+    ensure!(
+        r.status == StatusCode::FORBIDDEN,
+        "NoSumPatterns: {}",
+        r.status
+    );
+    let r = get(&format!("{base}/lookup/example.com/secret/x@v1.0.0")).await?;
+    ensure!(
+        r.status == StatusCode::FORBIDDEN,
+        "NoSumPatterns glob: {}",
+        r.status
+    );
+
+    let t = Instant::now();
+    // The key alone: the go command then asks its GOPROXY for the database
+    // (`<name> <url>` would bypass every proxy), and the direct route
+    // (https://<name>) leads nowhere, so only the gateway can answer.
+    let sumdb_env = [("GOSUMDB", db.vkey.clone())];
+    let extra: Vec<(&str, &str)> = sumdb_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let online = GoEnv::new(&gw.url())?;
+    let app = w.tmp.path().join("app-online");
+    write_program(&app)?;
+    online
+        .run_with(&app, &["build", "-o", "app", "."], &extra)
+        .await?;
+    // The go command kept what it verified: lookups and tiles of this database.
+    let verified = online
+        .modcache()
+        .join("cache/download/sumdb")
+        .join(db.name())
+        .join("lookup");
+    ensure!(
+        verified.is_dir(),
+        "the go command looked nothing up through the gateway"
+    );
+    lap(T, "online build, verified through the gateway", t);
+
+    // The database goes away; a fresh machine verifies from the gateway's cache.
+    db.stop().await?;
+    let t = Instant::now();
+    let offline = GoEnv::new(&gw.url())?;
+    let app = w.tmp.path().join("app-offline");
+    write_program(&app)?;
+    offline
+        .run_with(&app, &["build", "-o", "app", "."], &extra)
+        .await
+        .with_context(|| gw.log_tail(4000))?;
+    lap(T, "offline build, verified from the gateway's cache", t);
+    // Something never cached is not made up: the stopped database is a 502.
+    let r = get(&format!("{base}/lookup/example.com/never@v1.0.0")).await?;
+    ensure!(
+        r.status == StatusCode::BAD_GATEWAY,
+        "uncached lookup with the database down: {}",
+        r.status
+    );
+    Ok(())
+}
+
+/// Corrupted tiles from the checksum database, passed on by the gateway,
+/// make the go command fail: it never accepts a module on a tree it cannot
+/// verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sumdb_proxy_corrupted_tiles_fail_the_go_command() -> Result<()> {
+    use modmesh_tests::sumdb::TestSumDb;
+    let _heavy = HEAVY.lock().await;
+    let w = World::new()?;
+    let db = TestSumDb::start_with(w.proxy.root(), &["-corrupt-tiles"]).await?;
+    let mut spec = embedded_spec(
+        "gateway",
+        w.tmp.path(),
+        &Store::Disk(w.store.clone()),
+        &w.upstream.url(),
+    )?;
+    spec.set("ATHENS_SUM_DBS", db.url.clone());
+    let gw = start_gateway(spec).await?;
+    let vkey = db.vkey.clone();
+    let env = GoEnv::new(&gw.url())?;
+    let app = w.tmp.path().join("app");
+    write_program(&app)?;
+    let err = env
+        .run_with(&app, &["build", "-o", "app", "."], &[("GOSUMDB", &vkey)])
+        .await
+        .err()
+        .context("the go command accepted modules on corrupted tiles")?;
+    let text = format!("{err:#}");
+    ensure!(
+        text.contains("verifying") && !text.contains("connection refused"),
+        "the failure is not the tree check: {text}"
+    );
+    Ok(())
+}
+
+/// A checksum database whose record disagrees with the zip the gateway
+/// stored makes the go command fail, through the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sumdb_proxy_mismatch_fails_the_go_command() -> Result<()> {
+    use modmesh_tests::sumdb::TestSumDb;
+    let _heavy = HEAVY.lock().await;
+    let w = World::new()?;
+    let db = TestSumDb::start(w.proxy.root(), Some(BASE)).await?;
+    // The fetcher does not check (GOSUMDB=off), so the zip is stored and
+    // only the client's check through the gateway stands in the way.
+    let mut spec = embedded_spec(
+        "gateway",
+        w.tmp.path(),
+        &Store::Disk(w.store.clone()),
+        &w.upstream.url(),
+    )?;
+    spec.set("ATHENS_SUM_DBS", db.url.clone());
+    let gw = start_gateway(spec).await?;
+    // The key alone, so the go command asks the gateway (see above).
+    let gosumdb = db.vkey.clone();
+    let env = GoEnv::new(&gw.url())?;
+    let app = w.tmp.path().join("app");
+    write_program(&app)?;
+    let err = env
+        .run_with(&app, &["build", "-o", "app", "."], &[("GOSUMDB", &gosumdb)])
+        .await
+        .err()
+        .context("the go command accepted a zip its checksum database disagrees with")?;
+    let text = format!("{err:#}");
+    ensure!(
+        text.contains("SECURITY ERROR") || text.contains("checksum mismatch"),
+        "the failure is not the checksum check: {text}"
+    );
+    ensure!(
+        text.contains(BASE),
+        "the failure does not name {BASE}: {text}"
+    );
+    Ok(())
+}
+
+/// When the fetcher's go command refuses a download, the client gets 403
+/// and the go command's reason, without server paths: a zip its checksum
+/// database disagrees with, and a toolchain module with `GOSUMDB=off`
+/// (toolchains must always be verified).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_command_refusals_are_403_with_the_reason() -> Result<()> {
+    use modmesh_tests::fixtures::ModuleVersion;
+    use modmesh_tests::sumdb::TestSumDb;
+    let _heavy = HEAVY.lock().await;
+    let w = World::new()?;
+    const TOOLCHAIN: &str = "golang.org/toolchain";
+    const TOOLCHAIN_V: &str = "v0.0.1-go1.99.1.linux-amd64";
+    w.proxy.add(&ModuleVersion {
+        path: TOOLCHAIN.into(),
+        version: TOOLCHAIN_V.into(),
+        time: "2024-01-01T00:00:00Z".into(),
+        go_mod: Some(format!("module {TOOLCHAIN}\n")),
+        files: vec![("bin/go".into(), b"#!/bin/sh\necho go1.99.1\n".to_vec())],
+    })?;
+    let goget_marker = w.tmp.path().display().to_string();
+
+    // The fetcher verifies against a database whose record for BASE is wrong.
+    let db = TestSumDb::start(w.proxy.root(), Some(BASE)).await?;
+    let mut spec = embedded_spec(
+        "gw-corrupt",
+        w.tmp.path(),
+        &Store::Disk(w.store.clone()),
+        &w.upstream.url(),
+    )?;
+    spec.set(
+        "ATHENS_GO_BINARY_ENV_VARS",
+        format!("GOPROXY={};GOSUMDB={}", w.upstream.url(), db.gosumdb()),
+    );
+    let gw = start_gateway(spec).await?;
+    let r = get(&format!("{}{}", gw.url(), url_path(BASE, BASE_RC, "zip"))).await?;
+    let body = r.text();
+    ensure!(
+        r.status == StatusCode::FORBIDDEN,
+        "mismatch: {} {body}",
+        r.status
+    );
+    ensure!(
+        body.contains("checksum mismatch"),
+        "mismatch reason: {body}"
+    );
+    ensure!(!body.contains(&goget_marker), "server path in {body}");
+    // Nothing was stored: the module stays refused, never served.
+    let r = get(&format!("{}{}", gw.url(), url_path(BASE, BASE_RC, "mod"))).await?;
+    ensure!(
+        r.status == StatusCode::FORBIDDEN,
+        "mismatch again: {}",
+        r.status
+    );
+    drop(gw);
+
+    // The default fetcher environment has GOSUMDB=off.
+    let spec = embedded_spec(
+        "gw-off",
+        w.tmp.path(),
+        &Store::Disk(w.store.clone()),
+        &w.upstream.url(),
+    )?;
+    let gw = start_gateway(spec).await?;
+    let r = get(&format!(
+        "{}{}",
+        gw.url(),
+        url_path(TOOLCHAIN, TOOLCHAIN_V, "zip")
+    ))
+    .await?;
+    let body = r.text();
+    ensure!(
+        r.status == StatusCode::FORBIDDEN,
+        "toolchain: {} {body}",
+        r.status
+    );
+    ensure!(
+        body.contains("checksum database disabled by GOSUMDB=off"),
+        "toolchain reason: {body}"
+    );
+    ensure!(!body.contains(&goget_marker), "server path in {body}");
+    Ok(())
+}
+
+/// `GOTOOLCHAIN=go1.99.1`: the go command downloads the toolchain module
+/// (160 MiB) through the gateway (the gateway's fetcher verifying it
+/// against the tests' checksum database, the client verifying it through
+/// the gateway's checksum-database proxy), runs the switched toolchain, and
+/// the gateway's peak RSS stays under 128 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toolchain_switch_downloads_through_the_gateway() -> Result<()> {
+    use modmesh_tests::sumdb::TestSumDb;
+    use modmesh_tests::toolchain::{self, TOOLCHAIN};
+    const FILLER: u64 = 160 << 20;
+    let _heavy = HEAVY.lock().await;
+    let t = Instant::now();
+    let w = World::new()?;
+    let p = w.proxy.clone();
+    tokio::task::spawn_blocking(move || toolchain::write(&p, "go1.99.1", FILLER)).await??;
+    let toolchain_v = toolchain::version("go1.99.1");
+    lap("toolchain", "160 MiB toolchain written", t);
+    let db = TestSumDb::start(w.proxy.root(), None).await?;
+    let mut spec = embedded_spec(
+        "gateway",
+        w.tmp.path(),
+        &Store::Disk(w.store.clone()),
+        &w.upstream.url(),
+    )?;
+    spec.set(
+        "ATHENS_GO_BINARY_ENV_VARS",
+        format!("GOPROXY={};GOSUMDB={}", w.upstream.url(), db.gosumdb()),
+    );
+    spec.set("ATHENS_SUM_DBS", db.url.clone());
+    let gw = start_gateway(spec).await?;
+    let env = GoEnv::new(&gw.url())?;
+    let dir = w.tmp.path().join("outside-any-module");
+    std::fs::create_dir_all(&dir)?;
+    let out = env
+        .run_with(
+            &dir,
+            &["version"],
+            &[("GOTOOLCHAIN", "go1.99.1"), ("GOSUMDB", db.vkey.as_str())],
+        )
+        .await?;
+    lap("toolchain", "switched through the gateway", t);
+    ensure!(
+        out.stdout.contains("fake toolchain go1.99.1: version"),
+        "the switched toolchain did not run: {out:?}"
+    );
+    ensure!(
+        w.upstream.count(&url_path(TOOLCHAIN, &toolchain_v, "zip")) == 1,
+        "the toolchain zip did not come from the upstream once: {:?}",
+        w.upstream.counts()
+    );
+    let hwm = gw.vm_hwm_kib()?;
+    eprintln!("[toolchain] gateway VmHWM {} MiB", hwm / 1024);
+    ensure!(
+        hwm < 128 * 1024,
+        "gateway peak RSS {} MiB >= 128 MiB after a 160 MiB toolchain",
+        hwm / 1024
+    );
+    Ok(())
+}
+
+/// A private module behind an HTTPS GOPROXY with basic auth: a gateway
+/// without credentials is refused (403), a gateway with `NETRCPath` serves
+/// it, and neither gateway's log shows the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_module_needs_the_netrc_and_the_password_is_never_logged() -> Result<()> {
+    use modmesh_tests::fixtures::ModuleVersion;
+    use modmesh_tests::private::PrivateProxy;
+    const MODULE: &str = "example.com/private/secret";
+    const VERSION: &str = "v1.0.0";
+    const PASSWORD: &str = "pa55-s3cr3t-never-logged";
+    let _heavy = HEAVY.lock().await;
+    let tmp = tempfile::tempdir()?;
+    let proxy = ProxyDir::new(tmp.path().join("private"))?;
+    let mv = ModuleVersion {
+        path: MODULE.into(),
+        version: VERSION.into(),
+        time: "2024-01-01T00:00:00Z".into(),
+        go_mod: Some(format!("module {MODULE}\n\ngo 1.21\n")),
+        files: vec![(
+            "secret.go".into(),
+            b"// Package secret is private.\npackage secret\n".to_vec(),
+        )],
+    };
+    proxy.add(&mv)?;
+    let private = PrivateProxy::start(proxy.root(), tmp.path(), "modder", PASSWORD).await?;
+    let netrc = tmp.path().join("netrc");
+    std::fs::write(
+        &netrc,
+        format!(
+            "machine {} login modder password {PASSWORD}\n",
+            private.machine()
+        ),
+    )?;
+    let ca = private.ca_file().display().to_string();
+
+    let mut spec = embedded_spec(
+        "gw-anon",
+        tmp.path(),
+        &Store::Disk(tmp.path().join("store-anon")),
+        &private.url(),
+    )?;
+    std::fs::create_dir_all(tmp.path().join("store-anon"))?;
+    spec.set("SSL_CERT_FILE", ca.clone());
+    let anon = start_gateway(spec).await?;
+    let r = get(&format!(
+        "{}{}",
+        anon.url(),
+        url_path(MODULE, VERSION, "mod")
+    ))
+    .await?;
+    ensure!(
+        r.status == StatusCode::FORBIDDEN,
+        "without the netrc: {} {}",
+        r.status,
+        r.text()
+    );
+    ensure!(
+        private.unauthorized() > 0,
+        "the private proxy was never asked"
+    );
+
+    let mut spec = embedded_spec(
+        "gw-netrc",
+        tmp.path(),
+        &Store::Disk(tmp.path().join("store-netrc")),
+        &private.url(),
+    )?;
+    std::fs::create_dir_all(tmp.path().join("store-netrc"))?;
+    spec.set("SSL_CERT_FILE", ca);
+    spec.set("ATHENS_NETRC_PATH", netrc.display().to_string());
+    let gw = start_gateway(spec).await?;
+    let r = get(&format!("{}{}", gw.url(), url_path(MODULE, VERSION, "mod"))).await?;
+    ensure!(
+        r.status == StatusCode::OK && r.text() == mv.mod_file(),
+        "with the netrc: {} {}\n{}",
+        r.status,
+        r.text(),
+        gw.log_tail(3000)
+    );
+    let r = get(&format!("{}{}", gw.url(), url_path(MODULE, VERSION, "zip"))).await?;
+    ensure!(
+        r.status == StatusCode::OK,
+        "zip with the netrc: {}",
+        r.status
+    );
+    for p in [&anon, &gw] {
+        ensure!(
+            !p.log_text().contains(PASSWORD),
+            "the password is in a log:\n{}",
+            p.log_text()
+        );
+    }
+    Ok(())
+}
+
+/// The checksum-database proxy in the mesh: the gateway reaches the
+/// database only through fetcher-svc (gRPC `SumDB`), which alone holds
+/// `SumDBs`; with the database stopped, the gateway's cache answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_sumdb_proxy_goes_through_the_fetcher() -> Result<()> {
+    use modmesh_tests::sumdb::TestSumDb;
+    let _heavy = HEAVY.lock().await;
+    let w = World::new()?;
+    let mut db = TestSumDb::start(w.proxy.root(), None).await?;
+    let env_vars = format!("GOPROXY={};GOSUMDB={}", w.upstream.url(), db.gosumdb());
+    let mut mesh = Mesh::start_with_fetcher_env(
+        w.tmp.path(),
+        &Store::Disk(w.store.clone()),
+        &w.upstream.url(),
+        1,
+        &[
+            ("ATHENS_GO_BINARY_ENV_VARS", env_vars.as_str()),
+            ("ATHENS_SUM_DBS", db.url.as_str()),
+        ],
+    )
+    .await?;
+    let gw = mesh.gateways[0].url();
+    let vkey = db.vkey.clone();
+    let extra = [("GOSUMDB", vkey.as_str())];
+    for (phase, label) in [
+        ("online", "app-online"),
+        ("database stopped", "app-offline"),
+    ] {
+        if phase == "database stopped" {
+            db.stop().await?;
+        }
+        let env = GoEnv::new(&gw)?;
+        let app = w.tmp.path().join(label);
+        write_program(&app)?;
+        env.run_with(&app, &["build", "-o", "app", "."], &extra)
+            .await
+            .with_context(|| format!("{phase}\n{}", mesh.log_tails(3000)))?;
+    }
+    mesh.stop()?;
+    Ok(())
+}

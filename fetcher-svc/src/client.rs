@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use modmesh_common::request_id;
 use modmesh_proto::pb::fetcher_client::FetcherClient as RpcClient;
-use modmesh_proto::pb::ModuleRef;
+use modmesh_proto::pb::{ModuleRef, SumDbRequest};
 use modmesh_proto::{Coordinates, Error, ModulePath, Result, Version, MAX_MESSAGE};
 use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
@@ -77,6 +77,14 @@ impl Fetcher for FetcherClient {
     async fn query(&self, c: &Coordinates) -> Result<Bytes> {
         let reply = self.inner.clone().query(c.to_pb()).await?.into_inner();
         Ok(reply.data)
+    }
+
+    async fn sumdb(&self, db: &str, path: &str) -> Result<Bytes> {
+        let req = SumDbRequest {
+            db: db.to_string(),
+            path: path.to_string(),
+        };
+        Ok(self.inner.clone().sum_db(req).await?.into_inner().data)
     }
 
     /// `grpc.health.v1.Health/Check` for `modmesh.v1.Fetcher`, within

@@ -15,7 +15,9 @@ use modmesh_proto::{Coordinates, ModulePath, Result, Version};
 pub mod client;
 pub mod gocmd;
 pub mod ingest;
+pub mod private;
 pub mod server;
+pub mod sumdb;
 
 pub use modmesh_storage::Storage;
 
@@ -47,4 +49,13 @@ pub trait Fetcher: Send + Sync + 'static {
     /// Whether the fetcher can work: for the go fetcher, the go binary
     /// runs; for a client, the remote service reports itself serving.
     async fn health(&self) -> Result<()>;
+    /// The body of `path` (`lookup/...`, `tile/...`, `latest`) of the
+    /// checksum database named `db` (see [`sumdb`]). A fetcher that
+    /// serves no checksum database answers `NotFound`.
+    async fn sumdb(&self, db: &str, path: &str) -> Result<Bytes> {
+        let _ = path;
+        Err(modmesh_proto::Error::not_found(format!(
+            "checksum database {db:?} is not proxied"
+        )))
+    }
 }

@@ -5,7 +5,7 @@
 //! graceful shutdown, 2 for a configuration error, 1 if serving fails.
 
 use modmesh_common::{run, server, shutdown};
-use modmesh_fetcher::gocmd::{GoFetcher, GoSettings};
+use modmesh_fetcher::gocmd::GoFetcher;
 use modmesh_fetcher::server as fetcher_server;
 use modmesh_storage::client::StorageClient;
 use modmesh_storage::Storage;
@@ -20,7 +20,7 @@ async fn main() {
     } else {
         Arc::new(StorageClient::new(&cfg.StorageSvcURL).unwrap_or_else(|e| run::fail(NAME, 2, e)))
     };
-    let go = GoFetcher::new(GoSettings::from_config(&cfg), storage);
+    let go = GoFetcher::from_config(&cfg, storage).unwrap_or_else(|e| run::fail(NAME, 2, e));
     match go.check().await {
         Ok(v) => tracing::info!(go = %v, base = %go.base_dir().display(), "go command found"),
         Err(e) => {

@@ -8,7 +8,9 @@
 
 use crate::Fetcher;
 use modmesh_proto::pb::fetcher_server::{Fetcher as FetcherRpc, FetcherServer};
-use modmesh_proto::pb::{Blob, Coordinates as PbCoordinates, Fetched, ModuleRef, VersionList};
+use modmesh_proto::pb::{
+    Blob, Coordinates as PbCoordinates, Fetched, ModuleRef, SumDbRequest, VersionList,
+};
 use modmesh_proto::{Coordinates, ModulePath, MAX_MESSAGE};
 use std::sync::Arc;
 use tonic::service::Routes;
@@ -56,6 +58,12 @@ impl FetcherRpc for FetcherService {
     async fn query(&self, req: Request<PbCoordinates>) -> Result<Response<Blob>, Status> {
         let c = Coordinates::from_pb(req.get_ref())?;
         let data = self.inner.query(&c).await?;
+        Ok(Response::new(Blob { data }))
+    }
+
+    async fn sum_db(&self, req: Request<SumDbRequest>) -> Result<Response<Blob>, Status> {
+        let r = req.get_ref();
+        let data = self.inner.sumdb(&r.db, &r.path).await?;
         Ok(Response::new(Blob { data }))
     }
 }

@@ -219,6 +219,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/version", get(version))
+        .merge(crate::sumdb::routes())
         .fallback(proxy)
         .layer(
             tower::ServiceBuilder::new()

@@ -17,6 +17,7 @@ pub mod error;
 pub mod modes;
 pub mod route;
 pub mod service;
+pub mod sumdb;
 pub mod wire;
 
 pub use app::{router, AppState};

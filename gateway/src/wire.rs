@@ -105,10 +105,10 @@ pub fn services(cfg: &Config) -> Result<(Services, Embedded)> {
     };
 
     let fetcher: Arc<dyn Fetcher> = if cfg.FetcherSvcURL.is_empty() {
-        let f: Arc<dyn Fetcher> = Arc::new(modmesh_fetcher::gocmd::GoFetcher::new(
-            modmesh_fetcher::gocmd::GoSettings::from_config(cfg),
-            storage.clone(),
-        ));
+        let f: Arc<dyn Fetcher> = Arc::new(
+            modmesh_fetcher::gocmd::GoFetcher::from_config(cfg, storage.clone())
+                .map_err(|e| Error::invalid(e.to_string()))?,
+        );
         if !cfg.FetcherSvcListen.is_empty() {
             embedded.grpc.push((
                 cfg.FetcherSvcListen.clone(),
@@ -128,6 +128,13 @@ pub fn services(cfg: &Config) -> Result<(Services, Embedded)> {
         .map_err(|e| Error::invalid(format!("FetcherSvcURL: {:?}: {e}", cfg.FetcherSvcURL)))?;
         Arc::new(modmesh_fetcher::client::FetcherClient::from_channel(ch))
     };
+
+    // Checksum-database answers are kept in front of the fetcher (see
+    // `crate::sumdb`), whichever transport it has.
+    let sumdb: modmesh_fetcher::sumdb::SumDbConfig =
+        cfg.section().map_err(|e| Error::invalid(e.to_string()))?;
+    let fetcher: Arc<dyn Fetcher> =
+        Arc::new(crate::sumdb::SumDbCache::new(fetcher, sumdb.cache_size()));
 
     Ok((
         Services {

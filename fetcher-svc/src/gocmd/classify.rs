@@ -6,7 +6,11 @@
 //! The rules, in order (a `server response:` body quoted by go is never
 //! read, since an upstream's prose must not decide the kind):
 //!
-//! 1. A checksum-database step (`verifying ...`) that failed is an upstream
+//! 0. The go command's own refusal of what it downloaded (a checksum
+//!    mismatch, `SECURITY ERROR`, or a module that must be verified while
+//!    `GOSUMDB=off`, as toolchain modules must) is `Permission` (403): the
+//!    client is told no, not that an upstream failed.
+//! 1. A checksum-database step (`verifying ...`) that failed otherwise is an upstream
 //!    failure (`Unavailable`), or unreachable when the database could not
 //!    be reached: its "not found" is not the module's.
 //! 2. A connection that could not be made (DNS, refused, no route, proxy
@@ -89,6 +93,13 @@ const BROKEN: &[&str] = &[
     "http2: server sent goaway",
 ];
 
+/// The go command refusing a module it downloaded.
+const REFUSED: &[&str] = &[
+    "checksum mismatch",
+    "security error",
+    "checksum database disabled by gosumdb=off",
+];
+
 /// go's "not there" messages for a file proxy and for `GOPROXY=off`.
 const NOT_EXIST: &[&str] = &[
     "no such file or directory",
@@ -116,7 +127,10 @@ pub fn class_of(message: &str) -> Class {
     let text = without_server_responses(message).to_ascii_lowercase();
     let unreachable = UNREACHABLE.iter().any(|p| text.contains(p))
         || (text.contains("dial tcp") && BROKEN.iter().any(|p| text.contains(p)));
-    if text.contains("verifying ") || text.contains("security error") {
+    if REFUSED.iter().any(|p| text.contains(p)) {
+        return Class::Refused;
+    }
+    if text.contains("verifying ") {
         return if unreachable {
             Class::Unreachable
         } else {
@@ -328,7 +342,23 @@ mod tests {
             ),
             (
                 "verifying example.com/a@v1.0.0: checksum mismatch\n\tdownloaded: h1:x\n\tsum.golang.org: h1:y\n\nSECURITY ERROR\n",
-                Class::Failed,
+                Class::Refused,
+            ),
+            (
+                "go: golang.org/toolchain@v0.0.1-go1.99.1.linux-amd64: verifying module: checksum database disabled by GOSUMDB=off\n",
+                Class::Refused,
+            ),
+            (
+                "go: example.com/a@v1.0.0: verifying module: example.com/a@v1.0.0: Get \"https://sum.test/lookup/example.com/a@v1.0.0\": dial tcp: lookup sum.test on 10.0.0.53:53: no such host\n",
+                Class::Unreachable,
+            ),
+            (
+                "go: example.com/a@v1.0.0: parsing go.mod:\n\tmodule declares its path as: example.com/b\n\t        but was required as: example.com/a\n",
+                Class::NoMatch,
+            ),
+            (
+                "go: example.com/a@v1.2.3.4: invalid version: unknown revision v1.2.3.4\n",
+                Class::NoMatch,
             ),
             (
                 "verifying example.com/a@v1.0.0/go.mod: example.com/a@v1.0.0/go.mod: reading https://sum.golang.org/lookup/example.com/a@v1.0.0: 404 Not Found\n\tserver response: not found\n",
@@ -342,6 +372,10 @@ mod tests {
         assert_eq!(classify("something odd happened"), ErrorKind::Unavailable);
         assert_eq!(classify("x: 404 Not Found"), ErrorKind::NotFound);
         assert_eq!(classify("x: 403 Forbidden"), ErrorKind::Permission);
+        assert_eq!(
+            classify("x: verifying module: checksum database disabled by GOSUMDB=off"),
+            ErrorKind::Permission
+        );
     }
 
     #[test]

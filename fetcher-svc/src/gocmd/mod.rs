@@ -194,6 +194,8 @@ pub struct GoFetcher {
     version: OnceCell<String>,
     /// `go env GOPROXY GONOPROXY`, once it ran.
     proxy: OnceCell<ProxyEnv>,
+    /// The checksum databases this fetcher reaches for the gateway.
+    sumdb: Option<crate::sumdb::SumDbClient>,
 }
 
 impl std::fmt::Debug for GoFetcher {
@@ -249,7 +251,46 @@ impl GoFetcher {
             private_paths,
             version: OnceCell::new(),
             proxy: OnceCell::new(),
+            sumdb: None,
         }
+    }
+
+    /// The same fetcher, also reaching the checksum databases of `client`.
+    pub fn with_sumdb(mut self, client: crate::sumdb::SumDbClient) -> Self {
+        self.sumdb = Some(client);
+        self
+    }
+
+    /// A fetcher from `cfg`: the go settings, plus the checksum databases
+    /// `SumDBs` names (or `go env GOSUMDB`).
+    pub fn from_config(
+        cfg: &Config,
+        storage: Arc<dyn Storage>,
+    ) -> std::result::Result<Self, modmesh_common::config::ConfigError> {
+        let mut settings = GoSettings::from_config(cfg);
+        let s = cfg.section::<crate::sumdb::SumDbConfig>()?;
+        let sets = |env: &[String], key: &str| {
+            env.iter()
+                .any(|kv| kv.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+        };
+        // As Athens: NoSumPatterns reach the go command as GONOSUMDB.
+        if !s.NoSumPatterns.is_empty() && !sets(&settings.env_vars, "GONOSUMDB") {
+            settings
+                .env_vars
+                .push(format!("GONOSUMDB={}", s.NoSumPatterns.join(",")));
+        }
+        let dbs = s.databases(&settings.go_binary, &settings.env_vars);
+        let timeout = settings.timeout;
+        let private = cfg.section::<crate::private::PrivateConfig>()?;
+        let mut f = GoFetcher::new(settings, storage)
+            .with_sumdb(crate::sumdb::SumDbClient::new(dbs, timeout));
+        for kv in private.prepare(&f.base)? {
+            let key = kv.split_once('=').map(|(k, _)| k).unwrap_or_default();
+            if !sets(&f.settings.env_vars, key) {
+                f.settings.env_vars.push(kv);
+            }
+        }
+        Ok(f)
     }
 
     /// The settings in use.
@@ -581,6 +622,15 @@ impl Fetcher for GoFetcher {
         output::info_json(m)
     }
 
+    async fn sumdb(&self, db: &str, path: &str) -> Result<Bytes> {
+        match &self.sumdb {
+            Some(c) => c.get(db, path).await,
+            None => Err(Error::not_found(format!(
+                "checksum database {db:?} is not proxied"
+            ))),
+        }
+    }
+
     async fn health(&self) -> Result<()> {
         if self.version.initialized() {
             return Ok(());
@@ -608,6 +658,40 @@ mod tests {
         assert_eq!(s.timeout, Duration::from_secs(7));
         cfg.GoGetDir = String::new();
         assert_eq!(GoSettings::from_config(&cfg).go_get_dir, None);
+    }
+
+    #[test]
+    fn no_sum_patterns_and_netrc_reach_the_go_command() {
+        let d = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> =
+            Arc::new(modmesh_storage::backends::memory::MemoryStorage::new());
+        let cfg = Config::from_text(
+            "SumDBs = [\"https://db.example\"]\n",
+            &[
+                ("ATHENS_GONOSUM_PATTERNS", "corp.example,*.internal"),
+                ("ATHENS_GITHUB_TOKEN", "t0k"),
+                ("ATHENS_GOGET_DIR", d.path().to_str().unwrap()),
+            ],
+        )
+        .unwrap();
+        let f = GoFetcher::from_config(&cfg, storage.clone()).unwrap();
+        let netrc = d.path().join(crate::private::NETRC_FILE);
+        assert_eq!(
+            f.settings().env_vars,
+            [
+                "GONOSUMDB=corp.example,*.internal".to_string(),
+                format!("NETRC={}", netrc.display())
+            ]
+        );
+        assert!(!format!("{f:?}").contains("t0k"));
+        // GoBinaryEnvVars wins.
+        let cfg = Config::from_text(
+            "GoBinaryEnvVars = [\"GONOSUMDB=x.example\", \"NETRC=/n\"]\nNoSumPatterns = [\"corp.example\"]\n",
+            &[("ATHENS_GITHUB_TOKEN", "t0k"), ("ATHENS_GOGET_DIR", d.path().to_str().unwrap())],
+        )
+        .unwrap();
+        let f = GoFetcher::from_config(&cfg, storage).unwrap();
+        assert_eq!(f.settings().env_vars, ["GONOSUMDB=x.example", "NETRC=/n"]);
     }
 
     #[test]
