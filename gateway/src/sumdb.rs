@@ -37,7 +37,7 @@ async fn handle(
     Path((db, rest)): Path<(String, String)>,
 ) -> Response {
     let fetcher = state.service().services().fetcher.clone();
-    let patterns = &state.edges().config.NoSumPatterns;
+    let patterns = &state.edges().no_sum_patterns;
     match answer(fetcher.as_ref(), patterns, &db, &rest).await {
         Ok(body) => {
             let mut r = Response::new(axum::body::Body::from(body));

@@ -257,7 +257,6 @@ timeout = "9s"
             ValidatorHookCacheTTL: 7,
             RobotsFile: "/etc/athens/robots.txt".into(),
             HomeTemplatePath: "/etc/athens/home.html".into(),
-            NoSumPatterns: vec!["corp.example/*".into(), "other.example".into()],
             IndexType: "postgres".into(),
             ForceSSL: true,
         }
@@ -343,7 +342,6 @@ timeout = "9s"
                 ValidatorHookCacheTTL: 0,
                 RobotsFile: "/r.txt".into(),
                 HomeTemplatePath: "/h.html".into(),
-                NoSumPatterns: vec!["a.example/*".into(), "b.example".into()],
                 IndexType: "mysql".into(),
                 ForceSSL: true,
             }

@@ -38,8 +38,6 @@ pub struct EdgeConfig {
     pub RobotsFile: String,
     /// `ATHENS_HOME_TEMPLATE_PATH`: the home page template.
     pub HomeTemplatePath: String,
-    /// `ATHENS_GONOSUM_PATTERNS`: shown on the home page.
-    pub NoSumPatterns: Vec<String>,
     /// `ATHENS_INDEX_TYPE`: none, memory, postgres or mysql.
     pub IndexType: String,
     /// `PROXY_FORCE_SSL`: plain-HTTP requests (not behind a proxy saying
@@ -63,7 +61,6 @@ impl Default for EdgeConfig {
             ValidatorHookCacheTTL: 60,
             RobotsFile: "robots.txt".into(),
             HomeTemplatePath: "/var/lib/athens/home.html".into(),
-            NoSumPatterns: Vec::new(),
             IndexType: "none".into(),
             ForceSSL: false,
         }
@@ -86,7 +83,6 @@ impl Section for EdgeConfig {
         Env::new("ATHENS_PROXY_VALIDATOR_CACHE_TTL", "ValidatorHookCacheTTL"),
         Env::new("ATHENS_ROBOTS_FILE", "RobotsFile"),
         Env::new("ATHENS_HOME_TEMPLATE_PATH", "HomeTemplatePath"),
-        Env::new("ATHENS_GONOSUM_PATTERNS", "NoSumPatterns"),
         Env::new("ATHENS_INDEX_TYPE", "IndexType"),
         Env::new("PROXY_FORCE_SSL", "ForceSSL"),
     ];

@@ -38,6 +38,9 @@ pub struct Edges {
     pub validator: Option<Arc<validator::Validator>>,
     /// The module index, unless `IndexType` is `none`.
     pub index: Option<Arc<dyn index::Index>>,
+    /// `NoSumPatterns` (the checksum-database section owns the key): shown
+    /// on the home page, refused by the `/sumdb/` lookups.
+    pub no_sum_patterns: Vec<String>,
 }
 
 impl std::fmt::Debug for Edges {
@@ -89,12 +92,15 @@ impl Edges {
         let index = index::from_config(cfg, &config.IndexType)
             .await
             .map_err(|e| format!("IndexType {:?}: {e}", config.IndexType))?;
+        let sumdb: modmesh_fetcher::sumdb::SumDbConfig =
+            cfg.section().map_err(|e| e.to_string())?;
         Ok(Edges {
             config,
             auth,
             filter,
             validator,
             index,
+            no_sum_patterns: sumdb.NoSumPatterns,
         })
     }
 }

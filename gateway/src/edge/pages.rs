@@ -266,7 +266,7 @@ pub async fn home(State(state): State<AppState>, req: axum::extract::Request) ->
         cfg.tls(),
         &cfg.path_prefix(),
     );
-    let page = render_home(&template, &url, &cfg.NoSumPatterns.join(","));
+    let page = render_home(&template, &url, &edges.no_sum_patterns.join(","));
     let mut r = (StatusCode::OK, page).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
