@@ -42,6 +42,9 @@ cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+log "cargo machete (no unused dependencies)"
+cargo machete
+
 # --- tests -------------------------------------------------------------------
 log "building the four binaries"
 cargo build --workspace --bins --locked
