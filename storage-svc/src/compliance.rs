@@ -444,22 +444,10 @@ impl Rng {
     }
 }
 
-use modmesh_test_support::hex;
-
-fn b64(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
 /// The h1 hash of a file set, computed from the plain contents (not from a
 /// zip), to check what backends compute from zips.
 pub fn expected_h1(files: &[(&str, &[u8])]) -> String {
-    let mut lines: Vec<String> = files
-        .iter()
-        .map(|(name, data)| format!("{}  {name}\n", hex(&Sha256::digest(data))))
-        .collect();
-    lines.sort_by(|a, b| a[66..].cmp(&b[66..]));
-    format!("h1:{}", b64(&Sha256::digest(lines.concat().as_bytes())))
+    modmesh_test_support::h1_of_files(files)
 }
 
 /// A zip of `files` (deflated and stored entries alternating).

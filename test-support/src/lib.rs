@@ -52,6 +52,44 @@ pub fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// go.sum's `h1:` hash (dirhash.Hash1) of a file set, from the plain
+/// contents: an oracle written apart from the product's own, for tests that
+/// check what the product computes from zips.
+pub fn h1_of_files<N: AsRef<str>, B: AsRef<[u8]>>(files: &[(N, B)]) -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let mut lines: Vec<(String, String)> = files
+        .iter()
+        .map(|(name, data)| {
+            let name = name.as_ref();
+            (
+                name.to_string(),
+                format!("{}  {name}\n", hex(&Sha256::digest(data.as_ref()))),
+            )
+        })
+        .collect();
+    lines.sort();
+    let summary: String = lines.into_iter().map(|(_, l)| l).collect();
+    format!(
+        "h1:{}",
+        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(summary.as_bytes()))
+    )
+}
+
+/// [`h1_of_files`] of the entries of a zip.
+pub fn zip_h1(zip_bytes: &[u8]) -> String {
+    use std::io::Read;
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes)).expect("a zip");
+    let mut files = Vec::new();
+    for i in 0..z.len() {
+        let mut f = z.by_index(i).expect("a zip entry");
+        let mut body = Vec::new();
+        f.read_to_end(&mut body).expect("a zip entry's bytes");
+        files.push((f.name().to_string(), body));
+    }
+    h1_of_files(&files)
+}
+
 /// A field of `/proc/<pid>/status` in KiB (`pid` "self" for this process).
 fn status_kib(pid: &str, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -90,5 +128,17 @@ mod tests {
         assert!(self_peak_rss() > 0);
         reset_peak_rss("self").unwrap();
         assert!(vm_hwm_kib(std::process::id()).unwrap() > 0);
+        // The h1 of one file "a" holding "x", by hand.
+        let line = format!(
+            "{}  a\n",
+            hex(&<sha2::Sha256 as sha2::Digest>::digest(b"x"))
+        );
+        use base64::Engine;
+        let want = format!(
+            "h1:{}",
+            base64::engine::general_purpose::STANDARD
+                .encode(<sha2::Sha256 as sha2::Digest>::digest(line.as_bytes()))
+        );
+        assert_eq!(h1_of_files(&[("a", b"x")]), want);
     }
 }

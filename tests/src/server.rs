@@ -32,7 +32,23 @@ type Body = BoxBody<Bytes, std::io::Error>;
 #[derive(Debug, Default)]
 struct Shared {
     counts: Mutex<HashMap<String, u64>>,
+    order: Mutex<Vec<String>>,
     delay_ms: AtomicU64,
+    /// 0: serve the files; [`HANG`]: never answer; else that status code.
+    answer: AtomicU64,
+}
+
+const HANG: u64 = u64::MAX;
+
+/// How a [`StaticServer`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Serves the directory (the default).
+    Files,
+    /// Reads each request and never answers.
+    Hang,
+    /// Answers every request with this status and a short body.
+    Status(u16),
 }
 
 /// A running static file server; stopped on [`StaticServer::stop`] or drop.
@@ -92,6 +108,21 @@ impl StaticServer {
         self.shared
             .delay_ms
             .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// From now on answers as `a` says.
+    pub fn set_answer(&self, a: Answer) {
+        let v = match a {
+            Answer::Files => 0,
+            Answer::Hang => HANG,
+            Answer::Status(code) => u64::from(code),
+        };
+        self.shared.answer.store(v, Ordering::SeqCst);
+    }
+
+    /// Every request's decoded path so far, in arrival order.
+    pub fn requests(&self) -> Vec<String> {
+        self.shared.order.lock().unwrap().clone()
     }
 
     /// Requests seen so far for `path` (the decoded URL path, e.g.
@@ -188,6 +219,21 @@ async fn handle(
         .unwrap()
         .entry(path.clone())
         .or_insert(0) += 1;
+    shared.order.lock().unwrap().push(path.clone());
+    match shared.answer.load(Ordering::SeqCst) {
+        0 => {}
+        HANG => std::future::pending::<()>().await,
+        code => {
+            let code = StatusCode::from_u16(code as u16).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut r = Response::new(
+                Full::new(Bytes::from_static(b"upstream says no\n"))
+                    .map_err(|e: Infallible| match e {})
+                    .boxed(),
+            );
+            *r.status_mut() = code;
+            return Ok(r);
+        }
+    }
     let delay = shared.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;

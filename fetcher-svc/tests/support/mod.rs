@@ -11,10 +11,8 @@ use modmesh_storage::Storage;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 /// A directory removed on drop even when the go command made parts of it
 /// read-only.
@@ -123,113 +121,34 @@ impl Upstream {
     }
 }
 
-/// go.sum's `h1:` hash of a module zip (dirhash.Hash1 over its entries).
-pub fn zip_h1(zip_bytes: &[u8]) -> String {
-    use base64::Engine;
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut z = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes)).unwrap();
-    let mut lines = Vec::new();
-    for i in 0..z.len() {
-        let mut f = z.by_index(i).unwrap();
-        let mut body = Vec::new();
-        f.read_to_end(&mut body).unwrap();
-        let hex: String = Sha256::digest(&body)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        lines.push((f.name().to_string(), format!("{hex}  {}\n", f.name())));
-    }
-    // Sorted by file name, as dirhash.Hash1 does.
-    lines.sort();
-    let summary: String = lines.into_iter().map(|(_, l)| l).collect();
-    let sum = Sha256::digest(summary.as_bytes());
-    format!(
-        "h1:{}",
-        base64::engine::general_purpose::STANDARD.encode(sum)
-    )
-}
+#[allow(unused_imports)]
+pub use modmesh_test_support::zip_h1;
 
-/// How the HTTP upstream answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Serves the directory.
-    Files,
-    /// Reads the request and never answers.
-    Hang,
-    /// Answers every request with this status and a short body.
-    Status(u16),
-}
+pub use modmesh_tests::server::Answer as Mode;
 
-/// A GOPROXY over HTTP on 127.0.0.1 serving a directory, counting requests.
+/// A GOPROXY over HTTP on 127.0.0.1 serving a directory, counting requests
+/// (the tests crate's static server, answering as `Mode` says).
 pub struct HttpUpstream {
     pub addr: SocketAddr,
-    requests: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
+    server: modmesh_tests::server::StaticServer,
 }
 
 impl HttpUpstream {
     pub async fn start(root: PathBuf, mode: Mode) -> HttpUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let seen = requests.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut sock, _)) = listener.accept().await else {
-                    return;
-                };
-                let root = root.clone();
-                let seen = seen.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&buf).to_string();
-                    let raw = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-                    let path =
-                        modmesh_test_support::percent_decode(&raw).unwrap_or_else(|| raw.clone());
-                    seen.lock().unwrap().push(path.clone());
-                    if mode == Mode::Hang {
-                        std::future::pending::<()>().await;
-                    }
-                    let file = root.join(path.trim_start_matches('/'));
-                    let (status, body) = match (mode, std::fs::read(&file)) {
-                        (Mode::Status(code), _) => (
-                            format!("{code} Status {code}"),
-                            b"upstream says no\n".to_vec(),
-                        ),
-                        (_, Ok(b)) if !path.contains("..") => ("200 OK".to_string(), b),
-                        _ => ("404 Not Found".to_string(), b"not found\n".to_vec()),
-                    };
-                    let head = format!(
-                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = sock.write_all(head.as_bytes()).await;
-                    let _ = sock.write_all(&body).await;
-                    let _ = sock.shutdown().await;
-                });
-            }
-        });
+        let server = modmesh_tests::server::StaticServer::start(&root).expect("static server");
+        server.set_answer(mode);
         HttpUpstream {
-            addr,
-            requests,
-            task,
+            addr: server.addr(),
+            server,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     pub fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
+        self.server.requests()
     }
 
     /// Requests whose path ends with `suffix`.
@@ -241,9 +160,10 @@ impl HttpUpstream {
     }
 
     /// Stops accepting; the port then refuses connections.
-    pub async fn stop(self) {
-        self.task.abort();
-        let _ = self.task.await;
+    pub async fn stop(mut self) {
+        tokio::task::spawn_blocking(move || self.server.stop())
+            .await
+            .expect("stop the static server");
     }
 }
 
