@@ -157,11 +157,17 @@ pub fn valid_path(path: &str) -> bool {
 /// hashes or 256 records).
 pub const MAX_BODY: usize = 4 << 20;
 
-/// GETs paths of the configured databases.
+/// GETs paths of the configured databases: through the first proxy of the
+/// fetcher's `GOPROXY` list that serves the database (`<proxy>/sumdb/<name>/
+/// supported` answers 200), as the go command does, else from the database
+/// itself. So a network where only the module proxy is reachable still
+/// reaches the checksum database.
 #[derive(Debug, Clone)]
 pub struct SumDbClient {
     dbs: Vec<SumDb>,
     http: reqwest::Client,
+    /// Whether `<proxy>/sumdb/<name>` is served, by `"<proxy> <name>"`.
+    supported: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, bool>>>,
 }
 
 impl SumDbClient {
@@ -172,7 +178,35 @@ impl SumDbClient {
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .build()
             .unwrap_or_default();
-        SumDbClient { dbs, http }
+        SumDbClient {
+            dbs,
+            http,
+            supported: Default::default(),
+        }
+    }
+
+    /// Whether `<proxy>/sumdb/<name>` answers `supported` with 200
+    /// (remembered once known; an unreachable proxy is asked again later).
+    async fn serves(&self, via: &str) -> bool {
+        if let Some(known) = self
+            .supported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(via)
+        {
+            return *known;
+        }
+        match self.http.get(format!("{via}/supported")).send().await {
+            Ok(r) => {
+                let ok = r.status().as_u16() == 200;
+                self.supported
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(via.to_string(), ok);
+                ok
+            }
+            Err(_) => false,
+        }
     }
 
     /// The databases served.
@@ -186,6 +220,12 @@ impl SumDbClient {
     /// 401/403 `Permission`, a timeout `Timeout`, anything else
     /// `Unavailable`.
     pub async fn get(&self, db: &str, path: &str) -> Result<Bytes> {
+        self.get_via(db, path, &[]).await
+    }
+
+    /// As [`SumDbClient::get`], trying the proxies of `proxies` (base URLs
+    /// of a `GOPROXY` list, in order) first.
+    pub async fn get_via(&self, db: &str, path: &str, proxies: &[String]) -> Result<Bytes> {
         let d =
             self.dbs.iter().find(|d| d.name == db).ok_or_else(|| {
                 Error::not_found(format!("checksum database {db:?} is not proxied"))
@@ -198,7 +238,15 @@ impl SumDbClient {
                 "{path:?} is not a checksum database path"
             )));
         }
-        let url = format!("{}/{path}", d.url);
+        let mut base = d.url.clone();
+        for p in proxies {
+            let via = format!("{}/sumdb/{}", p.trim_end_matches('/'), d.name);
+            if self.serves(&via).await {
+                base = via;
+                break;
+            }
+        }
+        let url = format!("{base}/{path}");
         let resp = self.http.get(&url).send().await.map_err(|e| {
             if e.is_timeout() {
                 Error::timeout(format!("checksum database {db}: no answer in time"))

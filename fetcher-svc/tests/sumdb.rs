@@ -118,3 +118,48 @@ async fn sumdb_gets_keep_their_kind_in_process_and_over_grpc() {
     assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
     srv.stop().await.unwrap();
 }
+
+/// Where only the module proxy is reachable, the checksum database is
+/// reached through the proxy (`<proxy>/sumdb/<name>/...`) when the proxy
+/// says it serves it, as the go command does; a proxy that does not is
+/// skipped for the database itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_is_reached_through_a_proxy_that_serves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sumdb/db.example");
+    std::fs::create_dir_all(db.join("lookup")).unwrap();
+    std::fs::write(db.join("supported"), "").unwrap();
+    std::fs::write(db.join("lookup/example.com!a@v1.0.0"), "record\n").unwrap();
+    let serving = modmesh_tests::server::StaticServer::start(dir.path()).unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let not_serving = modmesh_tests::server::StaticServer::start(empty.path()).unwrap();
+    // The database's own host is unreachable.
+    let client = SumDbClient::new(
+        vec![SumDb {
+            name: "db.example".into(),
+            url: "http://127.0.0.1:1".into(),
+        }],
+        Duration::from_secs(5),
+    );
+    let proxies = [not_serving.url(), serving.url()];
+    let got = client
+        .get_via("db.example", "lookup/example.com!a@v1.0.0", &proxies)
+        .await
+        .unwrap();
+    assert_eq!(&got[..], b"record\n");
+    assert_eq!(
+        serving.count("/sumdb/db.example/lookup/example.com!a@v1.0.0"),
+        1
+    );
+    assert_eq!(not_serving.count("/sumdb/db.example/supported"), 1);
+    // Without a proxy that serves it, the unreachable database is the answer.
+    let e = client
+        .get_via(
+            "db.example",
+            "lookup/example.com!a@v1.0.0",
+            &[not_serving.url()],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+}

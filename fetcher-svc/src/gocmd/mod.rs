@@ -624,7 +624,18 @@ impl Fetcher for GoFetcher {
 
     async fn sumdb(&self, db: &str, path: &str) -> Result<Bytes> {
         match &self.sumdb {
-            Some(c) => c.get(db, path).await,
+            Some(c) => {
+                // Through the proxies of the go command's own list first.
+                let proxies: Vec<String> = self
+                    .goproxy()
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| e.url)
+                    .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+                    .collect();
+                c.get_via(db, path, &proxies).await
+            }
             None => Err(Error::not_found(format!(
                 "checksum database {db:?} is not proxied"
             ))),
