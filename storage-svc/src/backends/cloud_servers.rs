@@ -143,6 +143,25 @@ impl ServerProc {
     /// connections and answers nothing, as a hung server does.
     pub fn pause(&self) {
         self.signal(nix::sys::signal::Signal::SIGSTOP);
+        // The stop takes effect asynchronously: wait until the kernel shows
+        // the process stopped, so no call made after this returns can still
+        // be answered.
+        if let Some(c) = &self.child {
+            let stat = format!("/proc/{}/stat", c.id());
+            let t = std::time::Instant::now();
+            while t.elapsed() < std::time::Duration::from_secs(5) {
+                let state = std::fs::read_to_string(&stat).ok().and_then(|s| {
+                    s.rsplit_once(") ")
+                        .and_then(|(_, rest)| rest.chars().next())
+                });
+                if matches!(state, Some('T') | Some('t')) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            // Let connections the server already read from drain.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     /// Lets a [`ServerProc::pause`]d process go on (SIGCONT).
