@@ -90,6 +90,78 @@ pub fn zip_h1(zip_bytes: &[u8]) -> String {
     h1_of_files(&files)
 }
 
+/// Whether the tests run under CI (`CI=true`), where every real server must
+/// be present: a missing one fails the test instead of skipping it.
+pub fn on_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Says why a test does nothing: prints `SKIPPED: why`, or panics under CI
+/// (naming `deps`, the script that installs what is missing).
+pub fn skip(why: &str, deps: &str) {
+    if on_ci() {
+        panic!("{why} (CI=true: real servers are required; run {deps})");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
+/// The path of program `name` on `PATH`, or in the system directories
+/// server packages install into.
+pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([
+            PathBuf::from("/usr/local/bin"),
+            PathBuf::from("/usr/sbin"),
+            PathBuf::from("/usr/bin"),
+        ])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+type SpawnJob = (
+    std::process::Command,
+    std::sync::mpsc::Sender<std::io::Result<std::process::Child>>,
+);
+
+/// Spawns `cmd` so that it dies with the test process: from one spawner
+/// thread that lives as long as the process, with SIGKILL as the child's
+/// parent-death signal (which fires when the spawning thread ends).
+pub fn spawn_tied(mut cmd: std::process::Command) -> std::io::Result<std::process::Child> {
+    use std::sync::{mpsc, OnceLock};
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnJob>();
+        std::thread::Builder::new()
+            .name("test-servers".into())
+            .spawn(move || {
+                for (mut cmd, back) in rx {
+                    let _ = back.send(cmd.spawn());
+                }
+            })
+            .expect("spawner thread");
+        Mutex::new(tx)
+    });
+    // SAFETY: the closure only makes an async-signal-safe system call.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let (back, answer) = mpsc::channel();
+    tx.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((cmd, back))
+        .expect("spawner thread gone");
+    answer.recv().expect("spawner thread gone")
+}
+
 /// A field of `/proc/<pid>/status` in KiB (`pid` "self" for this process).
 fn status_kib(pid: &str, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -140,5 +212,8 @@ mod tests {
                 .encode(<sha2::Sha256 as sha2::Digest>::digest(line.as_bytes()))
         );
         assert_eq!(h1_of_files(&[("a", b"x")]), want);
+        assert!(find_program("sh").is_some());
+        let mut child = spawn_tied(std::process::Command::new("true")).unwrap();
+        assert!(child.wait().unwrap().success());
     }
 }

@@ -18,9 +18,7 @@ use crate::procs::free_port;
 /// How long a server gets to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn on_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
+use modmesh_test_support::on_ci;
 
 fn missing(what: &str) -> Result<Option<()>> {
     if on_ci() {

@@ -66,10 +66,7 @@ impl Scale {
 /// Prints why a test does nothing, or panics if it runs under CI (`CI` set
 /// to `true`), where every real server must be present.
 pub fn skip(why: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{why} (CI=true: real servers are required; run scripts/deps/20-lock.sh)");
-    }
-    eprintln!("SKIPPED: {why}");
+    modmesh_test_support::skip(why, "scripts/deps/20-lock.sh")
 }
 
 /// Runs every check of [`contract`] against a driver: one

@@ -15,7 +15,7 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The password the test redis servers require.
@@ -28,14 +28,7 @@ pub const MASTER_NAME: &str = "redis-1";
 /// How long a server gets to start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The path of server binary `name` on `PATH`, if any.
-pub fn find(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
+pub use modmesh_test_support::find_program as find;
 
 /// Like [`find`] for every name, or a message naming the missing ones.
 pub fn find_all(names: &[&str]) -> Result<Vec<PathBuf>, String> {
@@ -91,39 +84,7 @@ fn scratch(what: &str) -> PathBuf {
     dir
 }
 
-type SpawnJob = (Command, mpsc::Sender<std::io::Result<Child>>);
-
-/// Spawns `cmd` from the one spawner thread (which lives as long as the
-/// process), with SIGKILL as the child's parent-death signal.
-fn spawn(mut cmd: Command) -> std::io::Result<Child> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
-    let tx = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnJob>();
-        std::thread::Builder::new()
-            .name("lock-test-servers".into())
-            .spawn(move || {
-                for (mut cmd, back) in rx {
-                    let _ = back.send(cmd.spawn());
-                }
-            })
-            .expect("spawner thread");
-        Mutex::new(tx)
-    });
-    // SAFETY: the closure only makes an async-signal-safe system call.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
-    let (back, answer) = mpsc::channel();
-    tx.lock()
-        .unwrap()
-        .send((cmd, back))
-        .expect("spawner thread gone");
-    answer.recv().expect("spawner thread gone")
-}
+use modmesh_test_support::spawn_tied as spawn;
 
 /// One server process: its command line (to start it again), its log, and
 /// the child, killed by PID on [`ServerProc::stop`] and on drop.

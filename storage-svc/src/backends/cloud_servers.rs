@@ -6,77 +6,21 @@
 //! so one held in a `static` does not outlive its test binary; it is killed
 //! by its PID on [`ServerProc::stop`] and on drop.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// The path of server binary `name` on `PATH` (or in `/usr/local/bin`).
-pub fn find(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/local/bin"), PathBuf::from("/usr/bin")])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
+pub use modmesh_test_support::find_program as find;
 
-/// Prints why a test does nothing, or panics under `CI=true`, where every
-/// real server must be present.
+/// Prints why a test does nothing, or panics under CI.
 pub fn skip(why: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{why} (CI=true: real servers are required; run scripts/deps/35-cloud.sh)");
-    }
-    eprintln!("SKIPPED: {why}");
+    modmesh_test_support::skip(why, "scripts/deps/35-cloud.sh")
 }
 
-/// A free loopback port, never handed out twice by this process.
-pub fn free_port() -> u16 {
-    static USED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let mut used = USED.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("bind 127.0.0.1:0")
-            .port();
-        if !used.contains(&port) {
-            used.push(port);
-            return port;
-        }
-    }
-}
+pub use modmesh_test_support::free_port;
 
-type SpawnJob = (Command, mpsc::Sender<std::io::Result<Child>>);
-
-fn spawn(mut cmd: Command) -> std::io::Result<Child> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
-    let tx = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnJob>();
-        std::thread::Builder::new()
-            .name("cloud-test-servers".into())
-            .spawn(move || {
-                for (mut cmd, back) in rx {
-                    let _ = back.send(cmd.spawn());
-                }
-            })
-            .expect("spawner thread");
-        Mutex::new(tx)
-    });
-    // SAFETY: the closure only makes an async-signal-safe system call.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
-    let (back, answer) = mpsc::channel();
-    tx.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .send((cmd, back))
-        .expect("spawner thread gone");
-    answer.recv().expect("spawner thread gone")
-}
+use modmesh_test_support::spawn_tied as spawn;
 
 /// One server process listening on `port`: its command line (to start it
 /// again on the same port), its log, and the child.

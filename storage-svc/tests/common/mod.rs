@@ -64,10 +64,7 @@ use std::time::Duration;
 
 pub use modmesh_test_support::free_port;
 
-/// Whether `CI=true`: missing servers fail instead of skipping.
-pub fn on_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
+pub use modmesh_test_support::on_ci;
 
 /// The moto server binary: `MODMESH_MOTO_SERVER`, `moto_server` on PATH,
 /// or the one `scripts/deps/30-storage.sh` installs.
