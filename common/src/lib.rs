@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod balance;
 pub mod config;
 pub mod logging;
 pub mod request_id;

@@ -59,13 +59,28 @@ pub fn channel(url: &str) -> Result<tonic::transport::Channel, tonic::transport:
 /// connect timeout, no Nagle delay, 4 MiB HTTP/2 windows, HTTP/2 keep-alive
 /// pings (so a peer that froze or vanished is noticed even on an idle
 /// connection), and a deadline on every call (`call_timeout` until the
-/// response headers; a streamed body is not cut off).
+/// response headers; a streamed body is not cut off). Calls are balanced
+/// over every address the URL's host name resolves to, re-resolved every
+/// few seconds ([`crate::balance`]), each address with these settings.
 pub fn channel_with_timeout(
     url: &str,
     call_timeout: std::time::Duration,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    crate::balance::balanced_channel(
+        url,
+        move |endpoint| endpoint_settings(endpoint, call_timeout),
+        crate::balance::DEFAULT_REFRESH,
+        crate::balance::dns(),
+    )
+}
+
+/// The settings of every endpoint of a channel (see [`channel_with_timeout`]).
+fn endpoint_settings(
+    endpoint: tonic::transport::Endpoint,
+    call_timeout: std::time::Duration,
+) -> tonic::transport::Endpoint {
     use std::time::Duration;
-    Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
+    endpoint
         .connect_timeout(Duration::from_secs(5))
         .timeout(call_timeout)
         .tcp_nodelay(true)
@@ -74,7 +89,6 @@ pub fn channel_with_timeout(
         .keep_alive_while_idle(true)
         .initial_stream_window_size(WINDOW)
         .initial_connection_window_size(4 * WINDOW)
-        .connect_lazy())
 }
 
 /// A gRPC server on 127.0.0.1 and a free port, served the way every service

@@ -1486,3 +1486,133 @@ async fn example_config(which: &str) {
     }
     assert_eq!(ran, 1, "no example config named {which:?}");
 }
+
+/// Client balancing (`modmesh_common::balance`): one name resolving to two
+/// real storage servers (127.0.0.1 and 127.0.0.2, one port) sends work to
+/// both; a replica that stops leaves the balance, one that comes back joins.
+mod balancing {
+    use super::*;
+    use modmesh_common::balance::{balanced_channel, Resolver};
+    use modmesh_storage::backends::MemoryStorage;
+    use std::net::SocketAddr;
+
+    const REFRESH: Duration = Duration::from_millis(200);
+
+    struct Replica {
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    async fn replica(addr: SocketAddr, storage: Arc<dyn Storage>) -> Replica {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            modmesh_common::server::serve_grpc(
+                listener,
+                modmesh_storage::server::routes(storage),
+                &[modmesh_storage::server::SERVICE_NAME],
+                "replica",
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+            .expect("serve");
+        });
+        Replica {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    impl Replica {
+        async fn stop(mut self) {
+            let _ = self.stop.take().unwrap().send(());
+            self.task.await.unwrap();
+        }
+    }
+
+    async fn stored(s: &MemoryStorage, cs: &[Coordinates]) -> usize {
+        let mut n = 0;
+        for c in cs {
+            if s.exists(c).await.unwrap() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    async fn save_many(
+        client: &StorageClient,
+        ns: &str,
+        from: usize,
+        n: usize,
+    ) -> Vec<Coordinates> {
+        let mut out = Vec::new();
+        for i in from..from + n {
+            let c = coords(ns, &format!("v1.0.{i}"));
+            compliance::save_mock(client, &c).await;
+            out.push(c);
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn client_balances_over_every_replica_of_a_name() {
+        let port = free_port();
+        let a_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let b_addr: SocketAddr = ([127, 0, 0, 2], port).into();
+        let (a, b) = (
+            Arc::new(MemoryStorage::new()),
+            Arc::new(MemoryStorage::new()),
+        );
+        let _ra = replica(a_addr, a.clone()).await;
+        let rb = replica(b_addr, b.clone()).await;
+        // A name of the test's own: both addresses, as a compose network's
+        // DNS answers a scaled service's name.
+        let resolver: Resolver = Arc::new(move |host: &str, p: u16| {
+            assert_eq!((host, p), ("replicas.test", port));
+            Box::pin(async move { Ok(vec![a_addr, b_addr]) })
+        });
+        let channel = balanced_channel(
+            &format!("http://replicas.test:{port}"),
+            |e| e.timeout(Duration::from_secs(10)),
+            REFRESH,
+            resolver,
+        )
+        .expect("channel");
+        let client = StorageClient::from_channel(channel);
+        tokio::time::sleep(2 * REFRESH).await;
+
+        let ns = compliance::namespace();
+        let first = save_many(&client, &ns, 0, 24).await;
+        let (on_a, on_b) = (stored(&a, &first).await, stored(&b, &first).await);
+        assert_eq!(on_a + on_b, first.len(), "every save landed once");
+        assert!(
+            on_a > 0 && on_b > 0,
+            "both replicas got work: {on_a} and {on_b}"
+        );
+
+        // One replica stops: once re-resolved and probed, every call succeeds
+        // on the other.
+        rb.stop().await;
+        tokio::time::sleep(3 * REFRESH).await;
+        let second = save_many(&client, &ns, 100, 12).await;
+        assert_eq!(
+            stored(&a, &second).await,
+            second.len(),
+            "all on the live one"
+        );
+
+        // It comes back (empty): it joins the balance again.
+        let b2 = Arc::new(MemoryStorage::new());
+        let _rb2 = replica(b_addr, b2.clone()).await;
+        tokio::time::sleep(3 * REFRESH).await;
+        let third = save_many(&client, &ns, 200, 24).await;
+        let back = stored(&b2, &third).await;
+        assert!(
+            back > 0 && back < third.len(),
+            "the returning replica shares work: {back}"
+        );
+    }
+}
