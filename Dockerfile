@@ -1,17 +1,35 @@
-# One image holds the four binaries; compose picks the command per service.
-FROM rust:1-bookworm AS build
+# One image holds the five binaries (the four services and the `modmesh`
+# CLI, which the healthchecks run); compose picks the command per service.
+#
+# By default the binaries are built from source here. `--build-arg
+# BINARIES=prebuilt` instead takes them from `prebuilt/` in the build
+# context (binaries built on the host for Debian 12; the compose test does
+# this so CI does not compile Rust inside a container).
+ARG BINARIES=source
+
+FROM rust:1-bookworm AS source
 WORKDIR /src
 # The etcd lock driver's client compiles etcd's protos with protoc.
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends protobuf-compiler libprotobuf-dev \
     && rm -rf /var/lib/apt/lists/*
 COPY . .
-RUN cargo build --release --locked --bins
+RUN cargo build --release --locked --bins \
+    && mkdir /out \
+    && cp target/release/gateway target/release/storage-svc target/release/lock-svc \
+          target/release/fetcher-svc target/release/modmesh /out/
+
+FROM scratch AS prebuilt
+COPY prebuilt/ /out/
+
+FROM ${BINARIES} AS binaries
 
 FROM golang:1-bookworm
-RUN useradd --system --home-dir /var/lib/modmesh --create-home modmesh
-COPY --from=build /src/target/release/gateway /src/target/release/storage-svc \
-     /src/target/release/lock-svc /src/target/release/fetcher-svc /usr/local/bin/
+# A pinned UID (volumes keep ownership across image rebuilds); the home is
+# apart from the module store, which is a volume at /var/lib/modmesh.
+RUN useradd --uid 10001 --user-group --home-dir /home/modmesh --create-home modmesh \
+    && mkdir -p /var/lib/modmesh && chown modmesh:modmesh /var/lib/modmesh
+COPY --from=binaries /out/ /usr/local/bin/
 USER modmesh
-WORKDIR /var/lib/modmesh
+WORKDIR /home/modmesh
 EXPOSE 3000 50051 50052 50053
 CMD ["gateway"]

@@ -63,8 +63,14 @@ pub struct StaticServer {
 impl StaticServer {
     /// Serves `root` on a fresh loopback port.
     pub fn start(root: &Path) -> Result<StaticServer> {
+        Self::start_on(root, "127.0.0.1:0")
+    }
+
+    /// Serves `root` on `bind` (e.g. `0.0.0.0:0`, for containers that reach
+    /// the host through their bridge).
+    pub fn start_on(root: &Path, bind: &str) -> Result<StaticServer> {
         let root = root.to_path_buf();
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let std_listener = std::net::TcpListener::bind(bind)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let shared = Arc::new(Shared::default());
