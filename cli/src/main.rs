@@ -358,7 +358,7 @@ async fn verify(client: &StorageClient, prefix: &str, out: &mut Out) -> Fallible
                 out.emit(
                     json!({"module": c.module.as_str(), "version": c.version.as_str(),
                            "status": status, "zip_hash": actual, "detail": detail}),
-                    || format!("{status}: {c} {detail}"),
+                    || format!("{status}: {c} {detail}").trim_end().to_string(),
                 )
             });
         }
@@ -502,7 +502,7 @@ async fn prefill(client: &StorageClient, dir: &Path, out: &mut Out) -> Fallible<
             out.emit(
                 json!({"module": c.module.as_str(), "version": c.version.as_str(),
                        "status": status, "detail": detail}),
-                || format!("{status}: {c} {detail}"),
+                || format!("{status}: {c} {detail}").trim_end().to_string(),
             )
         });
         bar.inc(1);
