@@ -294,6 +294,8 @@ fn mesh_image(p: &Podman) -> Result<()> {
         &c,
     ])?;
     std::fs::remove_dir_all(&ctx)?;
+    // The image of the previous run, now untagged.
+    p.podman(&["image", "prune", "-f"])?;
     lap("modmesh image (prebuilt binaries)", t);
     Ok(())
 }
@@ -401,6 +403,8 @@ async fn compose_mesh_under_podman() -> Result<()> {
         upstream.addr().port()
     );
     let env = [("ATHENS_GO_BINARY_ENV_VARS", upstream_env.as_str())];
+    // Leftovers of an earlier run that was killed, then ours on drop.
+    drop(Teardown(&p));
     let _down = Teardown(&p);
     let t = Instant::now();
     let up = p.compose(
