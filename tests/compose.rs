@@ -348,7 +348,8 @@ async fn wait_healthy(p: &Podman, name: &str, timeout: Duration) -> Result<()> {
     }
 }
 
-/// How many gRPC calls to the Fetcher service a container logged.
+/// How many log lines of a container belong to gRPC calls of the Fetcher
+/// service (each call logs one or more, all carrying its path).
 fn fetcher_calls(p: &Podman, name: &str) -> Result<usize> {
     let out = p.podman(&["logs", name])?;
     let text =
@@ -463,7 +464,7 @@ async fn compose_mesh_under_podman() -> Result<()> {
         calls = (fetcher_calls(&p, &f1)?, fetcher_calls(&p, &f2)?);
     }
     eprintln!(
-        "[compose] fetcher calls: {f1} {}, {f2} {}",
+        "[compose] fetcher log lines of Fetcher calls: {f1} {}, {f2} {}",
         calls.0, calls.1
     );
     ensure!(
