@@ -1418,3 +1418,285 @@ async fn mesh_sumdb_proxy_goes_through_the_fetcher() -> Result<()> {
     mesh.stop()?;
     Ok(())
 }
+
+/// Every download mode with the real go command as client. `redirect` and
+/// `async_redirect` send it to `DownloadURL` (a second server of the same
+/// files), which it follows; `async_redirect` also stores the modules in the
+/// background, after which the gateway serves them itself. `async` fails the
+/// first build with "not found" and a later one succeeds from the store.
+/// `none` refuses and stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_modes_with_the_go_command() -> Result<()> {
+    let _heavy = HEAVY.lock().await;
+    let w = World::new()?;
+    let mirror = StaticServer::start(w.proxy.root())?;
+    let zips = |s: &StaticServer| {
+        s.counts()
+            .into_iter()
+            .filter(|(p, _)| p.ends_with(".zip"))
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    };
+    let base_zip = url_path(BASE, "v1.0.0", "zip");
+    for mode in ["redirect", "async_redirect", "async", "none"] {
+        let t = Instant::now();
+        let store = w.tmp.path().join(format!("store-{mode}"));
+        std::fs::create_dir(&store)?;
+        let mut spec = embedded_spec(
+            &format!("gw-{mode}"),
+            w.tmp.path(),
+            &Store::Disk(store.clone()),
+            &w.upstream.url(),
+        )?;
+        spec.set("ATHENS_DOWNLOAD_MODE", mode);
+        spec.set("ATHENS_DOWNLOAD_URL", mirror.url());
+        let mut gw = start_gateway(spec).await?;
+        let (upstream_before, mirror_before) = (zips(&w.upstream), zips(&mirror));
+        let prog = w.tmp.path().join(format!("prog-{mode}"));
+        write_program(&prog)?;
+        let go = GoEnv::new(&gw.url())?;
+        let built = build_and_run_program(&go, &prog).await;
+        let (upstream_zips, mirror_zips) = (
+            zips(&w.upstream) - upstream_before,
+            zips(&mirror) - mirror_before,
+        );
+        let ctx = || format!("mode {mode}:\n{}", gw.log_tail(3000));
+        match mode {
+            "redirect" => {
+                built.with_context(ctx)?;
+                ensure!(
+                    mirror_zips >= 5,
+                    "{mode}: the go command followed to DownloadURL ({mirror_zips} zips there)"
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                ensure!(
+                    upstream_zips == 0 && zips(&w.upstream) == upstream_before,
+                    "{mode}: the gateway fetched nothing"
+                );
+                ensure!(
+                    stored(&store)?.is_empty(),
+                    "{mode}: nothing stored: {:?}",
+                    stored(&store)?
+                );
+            }
+            "async_redirect" => {
+                built.with_context(ctx)?;
+                ensure!(
+                    mirror_zips >= 5,
+                    "{mode}: the go command followed to DownloadURL"
+                );
+                // Stored in the background, then served here.
+                wait_for_status(&format!("{}{base_zip}", gw.url()), StatusCode::OK)
+                    .await
+                    .with_context(ctx)?;
+                ensure!(
+                    zips(&w.upstream) > upstream_before,
+                    "{mode}: fetched in the background"
+                );
+            }
+            "async" => {
+                let e = built.expect_err("async: the first build finds nothing stored");
+                ensure!(
+                    format!("{e:#}").contains("404"),
+                    "{mode}: the go command saw 404: {e:#}"
+                );
+                ensure!(mirror_zips == 0, "{mode}: no redirect");
+                // Each failed attempt starts background fetches of what it
+                // asked for; a later build succeeds from the store.
+                let mut attempts = 1;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    attempts += 1;
+                    let go = GoEnv::new(&gw.url())?;
+                    match build_and_run_program(&go, &prog).await {
+                        Ok(()) => break,
+                        Err(e) if attempts < 20 => eprintln!("[{mode}] attempt {attempts}: {e:#}"),
+                        Err(e) => return Err(e).with_context(ctx),
+                    }
+                }
+                eprintln!("[{mode}] built after {attempts} attempts");
+                ensure!(attempts > 1, "{mode}: the first build failed");
+                ensure!(!stored(&store)?.is_empty(), "{mode}: stored");
+            }
+            "none" => {
+                let e = built.expect_err("none: nothing is served");
+                ensure!(
+                    format!("{e:#}").contains("404"),
+                    "{mode}: the go command saw 404: {e:#}"
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                ensure!(
+                    zips(&w.upstream) == upstream_before && mirror_zips == 0,
+                    "{mode}: nothing fetched"
+                );
+                ensure!(stored(&store)?.is_empty(), "{mode}: nothing stored");
+            }
+            _ => unreachable!(),
+        }
+        gw.stop()?;
+        lap("download modes", mode, t);
+    }
+    Ok(())
+}
+
+/// The files of a disk store, its temporary area left out.
+fn stored(root: &Path) -> Result<BTreeSet<PathBuf>> {
+    Ok(tree(root)?
+        .into_iter()
+        .filter(|p| !p.starts_with(".modmesh-tmp"))
+        .collect())
+}
+
+/// Polls `url` until it answers `want` (10 s at most).
+async fn wait_for_status(url: &str, want: StatusCode) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        let r = get(url).await?;
+        if r.status == want {
+            return Ok(());
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(10),
+            "{url} still answers {} ({})",
+            r.status,
+            truncate(&r.text(), 200)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An s3s-fs server over a fresh directory with one bucket, tied to this
+/// test process; `None` (a failure under CI) when it is not installed.
+fn s3s_fs_with_bucket(dir: &Path, bucket: &str) -> Result<Option<(std::process::Child, String)>> {
+    let Some(bin) = modmesh_test_support::find_program("s3s-fs")
+        .or_else(|| Some(PathBuf::from("/opt/modmesh-s3s/bin/s3s-fs")).filter(|p| p.is_file()))
+    else {
+        modmesh_test_support::skip("s3s-fs is not installed", "scripts/deps/30-storage.sh");
+        return Ok(None);
+    };
+    std::fs::create_dir_all(dir.join(bucket))?;
+    let port = modmesh_test_support::free_port();
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", "modmesh", "--secret-key", "modmesh-secret"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let child = modmesh_test_support::spawn_tied(cmd)?;
+    let addr = format!("127.0.0.1:{port}");
+    let t = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        ensure!(
+            t.elapsed() < Duration::from_secs(20),
+            "s3s-fs never listened on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Some((child, format!("http://{addr}"))))
+}
+
+/// With `ZipRedirectTTL` set and storage-svc on an object store, a stored
+/// zip is answered with a 307 to a URL the backend signs (never cached by
+/// clients), whose bytes are the module's; the go command follows it, so a
+/// build with an empty module cache succeeds with the upstream stopped while
+/// no zip passes through the gateway. A backend that cannot sign (disk)
+/// keeps serving zips itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_zips_redirect_to_presigned_storage_urls() -> Result<()> {
+    let _heavy = HEAVY.lock().await;
+    let mut w = World::new()?;
+    let Some((mut s3, s3_url)) = s3s_fs_with_bucket(&w.tmp.path().join("s3"), "modules")? else {
+        return Ok(());
+    };
+    let env = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let store = Store::Env(vec![
+        env("ATHENS_STORAGE_TYPE", "s3"),
+        env("AWS_ENDPOINT", &s3_url),
+        env("AWS_REGION", "us-east-1"),
+        env("AWS_ACCESS_KEY_ID", "modmesh"),
+        env("AWS_SECRET_ACCESS_KEY", "modmesh-secret"),
+        env("AWS_FORCE_PATH_STYLE", "true"),
+        env("ATHENS_S3_BUCKET_NAME", "modules"),
+        env("ATHENS_ZIP_REDIRECT_TTL", "120"),
+    ]);
+    let mut mesh = Mesh::start(w.tmp.path(), &store, &w.upstream.url(), 1).await?;
+    let gw = mesh.gateways[0].url();
+    let prog = w.tmp.path().join("prog");
+    write_program(&prog)?;
+    // Cold: the miss path fetches and serves the zips itself.
+    build_and_run_program(&GoEnv::new(&gw)?, &prog)
+        .await
+        .with_context(|| mesh.log_tails(3000))?;
+
+    // Warm: a 307 to the object store, which serves the exact bytes.
+    // (The versions the build selected, so their zips are stored.)
+    for (module, version) in [(BASE, BASE_RC), (LIB_V2, LIB_V2_V), (MIXED, MIXED_V)] {
+        let path = url_path(module, version, "zip");
+        for method in [Method::GET, Method::HEAD] {
+            let r = http::request(method.clone(), &format!("{gw}{path}")).await?;
+            ensure!(
+                r.status == StatusCode::TEMPORARY_REDIRECT,
+                "{method} {path}: {}\n{}",
+                r.status,
+                mesh.log_tails(3000)
+            );
+            ensure!(
+                r.headers["cache-control"] == "no-store",
+                "{path}: a presigned URL is not to be kept"
+            );
+            let location = r.headers["location"].to_str()?;
+            ensure!(
+                location.starts_with(&s3_url),
+                "{path}: redirected to the store: {location}"
+            );
+            if method == Method::GET {
+                let (status, sha, _) = get_sha256(location).await?;
+                ensure!(status == StatusCode::OK, "{location}: {status}");
+                ensure!(
+                    sha == sha256_file(&w.proxy.file(module, version, "zip"))?,
+                    "{path}: the store's bytes are the module's"
+                );
+            }
+        }
+        // .info and .mod are still served by the gateway.
+        let r = get(&format!("{gw}{}", url_path(module, version, "mod"))).await?;
+        ensure!(r.status == StatusCode::OK, "{module} .mod: {}", r.status);
+    }
+
+    // Disk cannot sign: the same key leaves stored zips served by the gateway.
+    let mut spec = embedded_spec(
+        "gw-disk",
+        w.tmp.path(),
+        &Store::Disk(w.store.clone()),
+        &w.upstream.url(),
+    )?;
+    spec.set("ATHENS_ZIP_REDIRECT_TTL", "120");
+    let mut disk_gw = start_gateway(spec).await?;
+    let zip_url = format!("{}{}", disk_gw.url(), url_path(BASE, "v1.0.0", "zip"));
+    let want = sha256_file(&w.proxy.file(BASE, "v1.0.0", "zip"))?;
+    for phase in ["cold", "warm"] {
+        let (status, sha, _) = get_sha256(&zip_url).await?;
+        ensure!(
+            status == StatusCode::OK && sha == want,
+            "disk, {phase}: {status}"
+        );
+    }
+    disk_gw.stop()?;
+
+    // The go command follows the redirects: an empty module cache builds
+    // with the upstream gone.
+    w.upstream.stop();
+    std::fs::remove_file(prog.join("app"))?;
+    build_and_run_program(&GoEnv::new(&gw)?, &prog)
+        .await
+        .with_context(|| {
+            format!(
+                "warm build through presigned URLs\n{}",
+                mesh.log_tails(3000)
+            )
+        })?;
+    mesh.stop()?;
+    let _ = s3.kill();
+
+    Ok(())
+}

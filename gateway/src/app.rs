@@ -102,11 +102,23 @@ fn redirect(base: &str, path: &str) -> Response {
         base.trim_end_matches('/'),
         path.trim_start_matches('/')
     );
-    match HeaderValue::from_str(&location) {
+    moved(StatusCode::MOVED_PERMANENTLY, &location)
+}
+
+/// A 307 to `url`, which is good for a while only (a presigned URL), so
+/// clients must not remember it.
+fn temporary_redirect(url: &str) -> Response {
+    moved(StatusCode::TEMPORARY_REDIRECT, url)
+}
+
+fn moved(status: StatusCode, location: &str) -> Response {
+    match HeaderValue::from_str(location) {
         Ok(v) => {
             let mut r = Response::new(Body::empty());
-            *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+            *r.status_mut() = status;
             r.headers_mut().insert(header::LOCATION, v);
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r
         }
         Err(_) => HttpError(modmesh_proto::Error::internal(
@@ -123,14 +135,14 @@ async fn info(state: &AppState, c: &Coordinates, path: &str) -> Result<Response>
             JSON,
             if immutable { IMMUTABLE } else { NO_CACHE },
         )),
-        Answer::Redirect(base) => Ok(redirect(&base, path)),
+        Answer::Redirect(base) | Answer::Elsewhere(base) => Ok(redirect(&base, path)),
     }
 }
 
 async fn go_mod(state: &AppState, c: &Coordinates, path: &str) -> Result<Response> {
     match state.service.go_mod(c).await? {
         Answer::Ready(m) => Ok(respond(m, TEXT, IMMUTABLE)),
-        Answer::Redirect(base) => Ok(redirect(&base, path)),
+        Answer::Redirect(base) | Answer::Elsewhere(base) => Ok(redirect(&base, path)),
     }
 }
 
@@ -138,6 +150,7 @@ async fn zip(state: &AppState, c: &Coordinates, head: bool, path: &str) -> Resul
     let zip = match state.service.zip(c).await? {
         Answer::Ready(z) => z,
         Answer::Redirect(base) => return Ok(redirect(&base, path)),
+        Answer::Elsewhere(url) => return Ok(temporary_redirect(&url)),
     };
     let size = zip.size;
     let body = if head {

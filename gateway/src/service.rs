@@ -41,6 +41,7 @@ use modmesh_proto::{
 use modmesh_storage::ZipReader;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -60,6 +61,12 @@ pub struct GatewayConfig {
     pub ListCacheTTL: u64,
     /// `ATHENS_NEGATIVE_CACHE_TTL`: seconds an upstream "not found" is reused.
     pub NegativeCacheTTL: u64,
+    /// `ATHENS_ZIP_REDIRECT_TTL`: when greater than 0 and the storage backend
+    /// can presign reads (s3, minio, gcp, azureblob), a stored zip is
+    /// answered with a 307 to a URL the backend signs for this many seconds,
+    /// so zips never pass through the gateway. 0 (the default): zips are
+    /// served by the gateway.
+    pub ZipRedirectTTL: u64,
 }
 
 impl Default for GatewayConfig {
@@ -68,6 +75,7 @@ impl Default for GatewayConfig {
             LockTTL: 10,
             ListCacheTTL: 30,
             NegativeCacheTTL: 10,
+            ZipRedirectTTL: 0,
         }
     }
 }
@@ -78,6 +86,7 @@ impl Section for GatewayConfig {
         Env::new("ATHENS_LOCK_TTL", "LockTTL"),
         Env::new("ATHENS_LIST_CACHE_TTL", "ListCacheTTL"),
         Env::new("ATHENS_NEGATIVE_CACHE_TTL", "NegativeCacheTTL"),
+        Env::new("ATHENS_ZIP_REDIRECT_TTL", "ZipRedirectTTL"),
     ];
     fn validate(&self) -> std::result::Result<(), ConfigError> {
         if self.LockTTL == 0 {
@@ -107,6 +116,9 @@ pub struct Settings {
     pub network: NetworkMode,
     /// What a miss does, per module.
     pub downloads: DownloadPolicy,
+    /// Lifetime of presigned zip URLs; `None`: zips are served, never
+    /// redirected to storage.
+    pub zip_redirect: Option<Duration>,
 }
 
 impl Settings {
@@ -122,6 +134,7 @@ impl Settings {
             negative_ttl: Duration::from_secs(g.NegativeCacheTTL),
             network: modes.network_mode()?,
             downloads: modes.download_policy()?,
+            zip_redirect: (g.ZipRedirectTTL > 0).then(|| Duration::from_secs(g.ZipRedirectTTL)),
         })
     }
 }
@@ -137,6 +150,7 @@ impl Default for Settings {
             negative_ttl: Duration::from_secs(g.NegativeCacheTTL),
             network: NetworkMode::Strict,
             downloads: DownloadPolicy::default(),
+            zip_redirect: None,
         }
     }
 }
@@ -149,6 +163,9 @@ pub enum Answer<T> {
     /// Not served here: redirect the client to this base URL plus the
     /// request path (a redirect download mode).
     Redirect(String),
+    /// Stored, and readable for a while at this exact URL (a presigned
+    /// storage URL): a temporary redirect.
+    Elsewhere(String),
 }
 
 impl<T> Answer<T> {
@@ -156,6 +173,7 @@ impl<T> Answer<T> {
         match self {
             Answer::Ready(t) => Answer::Ready(f(t)),
             Answer::Redirect(u) => Answer::Redirect(u),
+            Answer::Elsewhere(u) => Answer::Elsewhere(u),
         }
     }
 }
@@ -179,6 +197,7 @@ struct Inner {
     in_flight: Mutex<HashMap<Coordinates, Flight>>,
     queries: QueryCache,
     on_stored: std::sync::OnceLock<OnStored>,
+    presign_unsupported: AtomicBool,
 }
 
 /// Removes a version's in-flight entry when dropped: on success, on error,
@@ -232,6 +251,7 @@ impl ModuleService {
                 settings,
                 in_flight: Mutex::new(HashMap::new()),
                 on_stored: std::sync::OnceLock::new(),
+                presign_unsupported: AtomicBool::new(false),
             }),
         }
     }
@@ -375,8 +395,41 @@ impl ModuleService {
     /// The zip of `c` (a query is resolved first), streamed from storage.
     pub async fn zip(&self, c: &Coordinates) -> Result<Answer<ZipReader>> {
         let c = self.resolve(c).await?;
+        if let Some(url) = self.presigned_zip(&c).await? {
+            return Ok(Answer::Elsewhere(url));
+        }
         let storage = &self.inner.services.storage;
         self.read_through(&c, || storage.zip(&c)).await
+    }
+
+    /// A presigned URL for the stored zip of `c`, when `ZipRedirectTTL` is
+    /// set and the backend can sign one; `None` sends the zip through the
+    /// gateway (not stored yet: the miss path fetches it).
+    async fn presigned_zip(&self, c: &Coordinates) -> Result<Option<String>> {
+        let Some(ttl) = self.inner.settings.zip_redirect else {
+            return Ok(None);
+        };
+        // A mesh client learns the backend's capabilities late, so the first
+        // answer decides: a backend that signs nothing is not asked again.
+        if self.inner.presign_unsupported.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let storage = &self.inner.services.storage;
+        let deadline = Deadline::after(self.inner.settings.timeout);
+        match deadline
+            .run("storage presign", storage.presign_zip(c, ttl))
+            .await
+        {
+            Ok(Some(url)) => Ok(Some(url)),
+            Ok(None) => {
+                self.inner
+                    .presign_unsupported
+                    .store(true, Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(e) if e.is(ErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The upstream's `.info` for a version query.

@@ -15,8 +15,12 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 /// The directory holding the mesh binaries: the test or bench executable's
-/// profile directory (`target/<profile>`; tests run from `target/<profile>/deps`).
+/// profile directory (`target/<profile>`; tests run from `target/<profile>/deps`),
+/// or `MODMESH_BIN_DIR` when set (several checkouts sharing one target).
 pub fn bin_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("MODMESH_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
     let exe = std::env::current_exe()?;
     let mut dir = exe
         .parent()
