@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod logging;
+pub mod owner;
 pub mod request_id;
 pub mod run;
 pub mod server;

@@ -1,7 +1,7 @@
 //! Job directories: a fresh `<base>/modmesh-job-<owner>-XXXX/{work,gopath}`
 //! per go run, removed on drop even where the go command left read-only
-//! trees. `<owner>` names the fetcher process that made it (`p<pid>s<start
-//! time>`), and the directory holds the process group of its go run
+//! trees. `<owner>` names the fetcher process that made it
+//! ([`modmesh_common::owner`]), and the directory holds the process group of its go run
 //! (`pgid`), so that [`sweep`] — run at start-up and periodically by every
 //! fetcher sharing the base directory — kills what a killed fetcher left
 //! running and removes its directories.
@@ -35,7 +35,10 @@ impl JobDir {
         };
         std::fs::create_dir_all(base).map_err(fail)?;
         let root = tempfile::Builder::new()
-            .prefix(&format!("{JOB_DIR_PREFIX}{}-", owner_tag()))
+            .prefix(&format!(
+                "{JOB_DIR_PREFIX}{}-",
+                modmesh_common::owner::tag()
+            ))
             .tempdir_in(base)
             .map_err(fail)?
             .keep();
@@ -63,30 +66,9 @@ impl JobDir {
 /// The file of a job directory naming its go run's process group.
 const PGID_FILE: &str = "pgid";
 
-/// The start time of process `pid` (clock ticks since boot), if it runs.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields follow the
-    // last ')'; the start time is field 22, the 20th after it.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
-}
-
-/// This process as a job directory owner: `p<pid>s<start time>`.
-fn owner_tag() -> String {
-    let pid = std::process::id();
-    format!("p{pid}s{}", start_time(pid).unwrap_or(0))
-}
-
-/// Whether the owner named in a job directory name (after the prefix) is
-/// a dead process (`None`: not a name this code made).
+/// Whether the owner named in a job directory name is known dead.
 fn owner_dead(name: &str) -> Option<bool> {
-    let rest = name.strip_prefix(JOB_DIR_PREFIX)?.strip_prefix('p')?;
-    let (pid, rest) = rest.split_once('s')?;
-    let (start, _) = rest.split_once('-')?;
-    let pid: u32 = pid.parse().ok()?;
-    let start: u64 = start.parse().ok()?;
-    Some(start_time(pid) != Some(start))
+    modmesh_common::owner::dead(name.strip_prefix(JOB_DIR_PREFIX)?)
 }
 
 /// Kills the go process groups recorded in job directories under `base`
@@ -212,12 +194,12 @@ mod tests {
         // group of its own recorded in its directory.
         let mut gone = std::process::Command::new("true").spawn().unwrap();
         let gone_pid = gone.id();
-        let gone_start = start_time(gone_pid);
         gone.wait().unwrap();
-        let dead = base.path().join(format!(
-            "{JOB_DIR_PREFIX}p{gone_pid}s{}-abc",
-            gone_start.unwrap_or(1)
-        ));
+        let mine_tag = modmesh_common::owner::tag();
+        let boot = mine_tag.split_once('p').unwrap().0;
+        let dead = base
+            .path()
+            .join(format!("{JOB_DIR_PREFIX}{boot}p{gone_pid}s1-abc"));
         std::fs::create_dir_all(dead.join("work/ro")).unwrap();
         let mut sleeper = std::process::Command::new("sleep")
             .arg("60")
