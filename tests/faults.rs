@@ -130,6 +130,35 @@ fn assert_upstream_fault(case: &str, g: &Got, logs: &str) -> Result<()> {
     }
 }
 
+/// Lets `storage` run in 1 ms slices once its save is near `at` bytes, and
+/// returns (with the process frozen by SIGSTOP) once the temporary zip holds
+/// at least `at` bytes.
+async fn freeze_at(storage: &Proc, store: &Path, at: u64) -> Result<PathBuf> {
+    let near = at.saturating_sub(16 << 20);
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let zip = wait_for(Duration::from_secs(120), "the save nears its mark", || {
+        temporaries(store)
+            .into_iter()
+            .map(|d| d.join("source.zip"))
+            .find(|z| size(z) >= near)
+    })
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        signal(storage, Signal::SIGSTOP)?;
+        // Let a stop reach every thread before the size is read.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if size(&zip) >= at {
+            return Ok(zip);
+        }
+        if Instant::now() > deadline {
+            bail!("the save did not reach {at} bytes");
+        }
+        signal(storage, Signal::SIGCONT)?;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Restarts a killed process with the same environment and address.
 async fn restart(p: &mut Proc) -> Result<()> {
     let _ = p.try_exit();
@@ -393,7 +422,7 @@ async fn a_killed_fetcher_leaves_no_go_and_no_job_dir() -> Result<()> {
 }
 
 /// storage-svc killed mid-save of a cold 200 MiB zip, at half and at 99 %
-/// of the bytes: the request gets 502/503/504, nothing is visible, the
+/// of the bytes, and of an 8 MiB zip at its first bytes: the request gets 502/503/504, nothing is visible, the
 /// temporary directory is removed when storage-svc restarts, and a retry
 /// serves the exact bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,41 +433,32 @@ async fn a_killed_storage_mid_save_leaves_nothing_visible() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let proxy = ProxyDir::new(tmp.path().join("upstream"))?;
     let mut wants = Vec::new();
-    for v in ["v1.0.0", "v1.0.1"] {
+    for (v, size) in [("v1.0.0", SIZE), ("v1.0.1", SIZE), ("v0.9.0", 8 << 20)] {
         let p = proxy.clone();
-        let zip = tokio::task::spawn_blocking(move || p.add_big(MODULE, v, SIZE)).await??;
+        let zip = tokio::task::spawn_blocking(move || p.add_big(MODULE, v, size)).await??;
         wants.push((v, sha256_file(&zip)?, std::fs::metadata(&zip)?.len()));
     }
     let upstream = StaticServer::start(proxy.root())?;
     let store = mesh_env(tmp.path())?;
     let mut mesh = start_mesh(tmp.path(), &Store::Disk(store.clone()), &upstream.url(), 1).await?;
 
-    for ((version, want, zip_len), frac) in wants.into_iter().zip([0.5f64, 0.99]) {
-        let case = format!("storage-killed-at-{}%", (frac * 100.0) as u32);
+    for ((version, want, zip_len), frac) in wants.into_iter().zip([0.5f64, 0.99, 0.0]) {
+        let case = if frac == 0.0 {
+            "storage-killed-at-first-bytes-8MiB".to_string()
+        } else {
+            format!("storage-killed-at-{}%-200MiB", (frac * 100.0) as u32)
+        };
         let url = format!(
             "{}{}",
             mesh.gateways[0].url(),
             fixtures::url_path(MODULE, version, "zip")
         );
         let inflight = tokio::spawn(get(url.clone()));
-        let at = (zip_len as f64 * frac) as u64;
-        let tmp_zip = wait_for(
-            Duration::from_secs(120),
-            "the save reaches its mark",
-            || {
-                temporaries(&store).into_iter().find_map(|d| {
-                    let z = d.join("source.zip");
-                    let len = std::fs::metadata(&z).ok()?.len();
-                    (len >= at).then_some(z)
-                })
-            },
-        )
-        .await?;
-        // Hold the sender still so the save stays at its mark.
-        signal(&mesh.fetchers[0], Signal::SIGSTOP)?;
+        let at = ((zip_len as f64 * frac) as u64).max(1);
+        let tmp_zip = freeze_at(&mesh.storage, &store, at).await?;
+        // storage-svc is frozen with the save at its mark: kill it there.
         signal(&mesh.storage, Signal::SIGKILL)?;
         let killed = Instant::now();
-        signal(&mesh.fetchers[0], Signal::SIGCONT)?;
         let saved = std::fs::metadata(&tmp_zip).map(|m| m.len()).unwrap_or(0);
         assert!(
             saved < zip_len,
