@@ -494,6 +494,46 @@ async fn a_killed_storage_mid_save_leaves_nothing_visible() -> Result<()> {
         assert_eq!((retry.sha.as_str(), retry.len), (want.as_str(), zip_len));
         figure(&case, "retry (cold fetch) served in", retry.took);
     }
+
+    // Mid-serve: a client reading the stored 200 MiB zip slowly; storage-svc
+    // killed after the first MiB. The answer is cut short (the connection
+    // closes before Content-Length bytes), never completed with other bytes.
+    const SERVE: &str = "storage-killed-mid-serve";
+    let path = fixtures::url_path(MODULE, "v1.0.0", "zip");
+    let mut c = TcpStream::connect(&mesh.gateways[0].spec.addr).await?;
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = vec![0u8; 1 << 20];
+    c.read_exact(&mut buf).await?;
+    assert!(buf.starts_with(b"HTTP/1.1 200"), "{SERVE}: not a 200");
+    signal(&mesh.storage, Signal::SIGKILL)?;
+    let killed = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(ANSWER_BOUND, c.read_to_end(&mut rest))
+        .await
+        .map_err(|_| anyhow!("{SERVE}: the connection hangs after the kill"))?
+        .ok();
+    let got = (buf.len() + rest.len()) as u64;
+    assert!(got < SIZE, "{SERVE}: {got} bytes arrived after the kill");
+    figure(SERVE, "client connection closed after", killed.elapsed());
+    restart(&mut mesh.storage).await?;
+
+    // storage-svc frozen: a metadata request gets 502/503/504 within the
+    // call deadline; thawed, the mesh serves again.
+    const FROZEN: &str = "storage-frozen";
+    let url = format!(
+        "{}{}",
+        mesh.gateways[0].url(),
+        fixtures::url_path(MODULE, "v1.0.0", "info")
+    );
+    signal(&mesh.storage, Signal::SIGSTOP)?;
+    let got = get(url.clone()).await;
+    signal(&mesh.storage, Signal::SIGCONT)?;
+    assert_upstream_fault(FROZEN, &got, &mesh.log_tails(3000))?;
+    figure(FROZEN, &format!("status {:?} in", got.status), got.took);
+    let retry = get(url).await;
+    assert_eq!(retry.status, Some(200), "{retry:?}");
+    figure(FROZEN, "retry after thaw served in", retry.took);
     mesh.stop()
 }
 
