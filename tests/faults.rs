@@ -617,6 +617,28 @@ async fn a_killed_lock_holder_blocks_its_version_only_for_the_lease_ttl() -> Res
         mesh.log_tails(3000)
     );
     figure(LOCK, "retry after restart served in", restarted.elapsed());
+
+    // lock-svc frozen: a cold request gets 502/503/504 within the gateway's
+    // deadline; thawed, the retry succeeds.
+    const FROZEN: &str = "lock-svc-frozen";
+    let url = format!(
+        "{}{}",
+        mesh.gateways[1].url(),
+        fixtures::url_path(fixtures::LEGACY, fixtures::LEGACY_V, "zip")
+    );
+    signal(&mesh.lock, Signal::SIGSTOP)?;
+    let got = get(url.clone()).await;
+    signal(&mesh.lock, Signal::SIGCONT)?;
+    assert_upstream_fault(FROZEN, &got, &mesh.log_tails(3000))?;
+    figure(FROZEN, &format!("status {:?} in", got.status), got.took);
+    let retry = get(url).await;
+    assert_eq!(
+        retry.status,
+        Some(200),
+        "{retry:?}\n{}",
+        mesh.log_tails(3000)
+    );
+    figure(FROZEN, "retry after thaw served in", retry.took);
     mesh.gateways.remove(0);
     mesh.stop()
 }
