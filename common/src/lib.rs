@@ -8,6 +8,7 @@
 pub mod balance;
 pub mod config;
 pub mod logging;
+pub mod owner;
 pub mod request_id;
 pub mod run;
 pub mod server;

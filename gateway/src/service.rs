@@ -72,7 +72,7 @@ pub struct GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
-            LockTTL: 10,
+            LockTTL: 5,
             ListCacheTTL: 30,
             NegativeCacheTTL: 10,
             ZipRedirectTTL: 0,

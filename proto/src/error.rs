@@ -161,6 +161,8 @@ impl From<std::io::Error> for Error {
             K::ConnectionRefused | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
                 ErrorKind::Unavailable
             }
+            // A full disk is a fault of the store, not of the request.
+            K::StorageFull | K::QuotaExceeded | K::FileTooLarge => ErrorKind::Unavailable,
             _ => ErrorKind::Internal,
         };
         Error::new(kind, e.to_string())

@@ -1,5 +1,10 @@
-//! Job directories: a fresh `<base>/modmesh-job-XXXX/{work,gopath}` per go
-//! run, removed on drop even where the go command left read-only trees.
+//! Job directories: a fresh `<base>/modmesh-job-<owner>-XXXX/{work,gopath}`
+//! per go run, removed on drop even where the go command left read-only
+//! trees. `<owner>` names the fetcher process that made it
+//! ([`modmesh_common::owner`]), and the directory holds the process group of its go run
+//! (`pgid`), so that [`sweep`] — run at start-up and periodically by every
+//! fetcher sharing the base directory — kills what a killed fetcher left
+//! running and removes its directories.
 
 use modmesh_proto::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -30,7 +35,10 @@ impl JobDir {
         };
         std::fs::create_dir_all(base).map_err(fail)?;
         let root = tempfile::Builder::new()
-            .prefix(JOB_DIR_PREFIX)
+            .prefix(&format!(
+                "{JOB_DIR_PREFIX}{}-",
+                modmesh_common::owner::tag()
+            ))
             .tempdir_in(base)
             .map_err(fail)?
             .keep();
@@ -43,6 +51,70 @@ impl JobDir {
         std::fs::create_dir(&job.gopath).map_err(fail)?;
         Ok(job)
     }
+}
+
+impl JobDir {
+    /// Records the process group of the go run using this directory, so a
+    /// sweep can kill it if this process dies.
+    pub fn record_group(&self, pgid: i32) {
+        if let Err(e) = std::fs::write(self.root.join(PGID_FILE), pgid.to_string()) {
+            tracing::warn!(dir = %self.root.display(), error = %e, "cannot record the go process group");
+        }
+    }
+}
+
+/// The file of a job directory naming its go run's process group.
+const PGID_FILE: &str = "pgid";
+
+/// Whether the owner named in a job directory name is known dead.
+fn owner_dead(name: &str) -> Option<bool> {
+    modmesh_common::owner::dead(name.strip_prefix(JOB_DIR_PREFIX)?)
+}
+
+/// Kills the go process groups recorded in job directories under `base`
+/// whose owning fetcher is dead, and removes those directories; returns how
+/// many were removed.
+pub fn sweep(base: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if owner_dead(&name) != Some(true) {
+            continue;
+        }
+        let dir = e.path();
+        if let Some(pgid) = std::fs::read_to_string(dir.join(PGID_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .filter(|&g| g > 1)
+        {
+            match nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            ) {
+                Ok(()) => {
+                    tracing::warn!(pgid, dir = %dir.display(), "killed a go process group left by a dead fetcher")
+                }
+                Err(nix::errno::Errno::ESRCH) => {}
+                Err(err) => {
+                    tracing::warn!(pgid, error = %err, "cannot kill a go process group left by a dead fetcher")
+                }
+            }
+        }
+        match remove_dir_all_forced(&dir) {
+            Ok(()) => removed += 1,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::warn!(dir = %dir.display(), error = %err, "cannot remove a job directory left by a dead fetcher")
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, base = %base.display(), "removed job directories of dead fetchers");
+    }
+    removed
 }
 
 impl Drop for JobDir {
@@ -110,6 +182,40 @@ mod tests {
             .starts_with(JOB_DIR_PREFIX));
         drop(job);
         assert!(!root.exists());
+    }
+
+    #[test]
+    fn a_dead_owners_job_dirs_and_groups_are_swept() {
+        use std::os::unix::process::CommandExt;
+        let base = tempfile::tempdir().unwrap();
+        // A live owner (this process): kept.
+        let mine = JobDir::create(base.path()).unwrap();
+        // A dead owner: a child that has exited, with a sleeping process
+        // group of its own recorded in its directory.
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let gone_pid = gone.id();
+        gone.wait().unwrap();
+        let mine_tag = modmesh_common::owner::tag();
+        let boot = mine_tag.split_once('p').unwrap().0;
+        let dead = base
+            .path()
+            .join(format!("{JOB_DIR_PREFIX}{boot}p{gone_pid}s1-abc"));
+        std::fs::create_dir_all(dead.join("work/ro")).unwrap();
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("60")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        std::fs::write(dead.join(PGID_FILE), sleeper.id().to_string()).unwrap();
+        // Not ours: never touched.
+        let other = base.path().join("modmesh-job-unrelated");
+        std::fs::create_dir(&other).unwrap();
+        assert_eq!(sweep(base.path()), 1);
+        assert!(!dead.exists());
+        assert!(mine.root.is_dir() && other.is_dir());
+        let status = sleeper.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9), "the recorded group was killed");
     }
 
     #[test]

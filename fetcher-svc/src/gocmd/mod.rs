@@ -92,7 +92,7 @@ mod output;
 mod process;
 
 pub use classify::{class_of, classify, Class};
-pub use jobdir::{remove_dir_all_forced, JOB_DIR_PREFIX};
+pub use jobdir::{remove_dir_all_forced, sweep as sweep_job_dirs, JOB_DIR_PREFIX};
 pub use output::clean_message;
 pub use process::kill_live_groups;
 
@@ -196,6 +196,33 @@ pub struct GoFetcher {
     proxy: OnceCell<ProxyEnv>,
     /// The checksum databases this fetcher reaches for the gateway.
     sumdb: Option<crate::sumdb::SumDbClient>,
+    /// Held while the fetcher lives; its job-directory sweeper stops after.
+    _alive: Arc<()>,
+}
+
+/// How often job directories of dead fetchers sharing the base directory
+/// are looked for (also once at start).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Sweeps `base` for what dead fetchers left (see [`sweep_job_dirs`]) now
+/// and every [`SWEEP_EVERY`] while `alive` can be upgraded (only inside a
+/// tokio runtime).
+fn start_sweeper(base: PathBuf, alive: std::sync::Weak<()>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if alive.upgrade().is_none() {
+                return;
+            }
+            let b = base.clone();
+            let _ = tokio::task::spawn_blocking(move || sweep_job_dirs(&b)).await;
+        }
+    });
 }
 
 impl std::fmt::Debug for GoFetcher {
@@ -243,6 +270,8 @@ impl GoFetcher {
                 }
             }
         }
+        let alive = Arc::new(());
+        start_sweeper(base.clone(), Arc::downgrade(&alive));
         GoFetcher {
             workers: Semaphore::new(settings.workers.max(1)),
             settings,
@@ -252,6 +281,7 @@ impl GoFetcher {
             version: OnceCell::new(),
             proxy: OnceCell::new(),
             sumdb: None,
+            _alive: alive,
         }
     }
 
@@ -424,6 +454,7 @@ impl GoFetcher {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        process::die_with_parent(&mut cmd);
         cmd
     }
 
@@ -445,9 +476,11 @@ impl GoFetcher {
             args.join(" "),
             goproxy.map_or_else(|| "as set".to_string(), chain::redacted)
         );
-        process::run(cmd, self.settings.timeout, &label)
-            .await
-            .map_err(|e| e.into_error(what, self.settings.timeout))
+        process::run(cmd, self.settings.timeout, &label, |pgid| {
+            job.record_group(pgid)
+        })
+        .await
+        .map_err(|e| e.into_error(what, self.settings.timeout))
     }
 
     /// One attempt of a chain: a run whose timeout is a failure of the

@@ -45,6 +45,7 @@ pub(crate) async fn run(
     mut cmd: Command,
     timeout: Duration,
     label: &str,
+    spawned: impl FnOnce(i32),
 ) -> std::result::Result<GoOutput, RunError> {
     let started = Instant::now();
     let mut child = cmd.spawn().map_err(RunError::Spawn)?;
@@ -53,6 +54,7 @@ pub(crate) async fn run(
             "the go process has no pid",
         )));
     };
+    spawned(pid as i32);
     tracing::debug!(pid, run = label, "go started");
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -93,6 +95,26 @@ pub(crate) async fn run(
             group.kill_and_reap().await;
             Err(RunError::TimedOut)
         }
+    }
+}
+
+/// Makes the command's process receive `SIGKILL` when this process dies
+/// (even by `SIGKILL`), so a killed fetcher leaves no go run behind; what
+/// that go run started itself is killed by the next job-directory sweep.
+pub(crate) fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only async-signal-safe functions (prctl, getppid); it allocates
+    // nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            // The parent may have died before the call: then go no further.
+            if nix::unistd::getppid().as_raw() as u32 != parent {
+                return Err(std::io::Error::other("the fetcher exited"));
+            }
+            Ok(())
+        });
     }
 }
 

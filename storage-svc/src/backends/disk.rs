@@ -14,8 +14,11 @@
 //! fsyncs them and renames that directory onto `<root>/<module>/<version>` in
 //! one step, so a version appears whole or not at all, and a rename onto an
 //! existing version fails, which makes saves create-only. A crash mid-save
-//! leaves only a temporary directory that nothing reads; those older than an
-//! hour are removed when the store opens.
+//! leaves only a temporary directory that nothing reads. Temporary names
+//! start with their owner's tag ([`modmesh_common::owner`]): those of a dead
+//! owner are removed when the store opens and by a sweep every
+//! [`SWEEP_EVERY`] while it runs (by any process sharing the root); those
+//! of an unknown owner once older than [`STALE_AFTER`].
 //!
 //! Every path is built from the validated [`ModulePath`] elements and
 //! [`Version`](modmesh_proto::Version) and checked to stay under the root.
@@ -36,7 +39,7 @@ const READ_CHUNK: usize = 128 << 10;
 use std::collections::HashMap;
 use std::io::ErrorKind as IoKind;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
 
@@ -102,6 +105,8 @@ pub struct DiskStorage {
     /// `stat`'s zip hashes by version directory, valid while the files'
     /// identity (sizes and times) is unchanged.
     hashes: Mutex<HashMap<PathBuf, (FileId, Option<String>)>>,
+    /// Held while the store lives; its temporary sweeper stops after.
+    _alive: Arc<()>,
 }
 
 impl std::fmt::Debug for DiskStorage {
@@ -145,15 +150,15 @@ impl DiskStorage {
         let root = std::fs::canonicalize(given)?;
         let tmp = root.join(TMP_DIR);
         std::fs::create_dir_all(&tmp)?;
-        let removed = remove_stale(&tmp, STALE_AFTER);
-        if removed > 0 {
-            tracing::info!(removed, dir = %tmp.display(), "removed stale temporary save directories");
-        }
+        sweep(&tmp);
+        let alive = Arc::new(());
+        start_sweeper(tmp.clone(), Arc::downgrade(&alive));
         Ok(DiskStorage {
             root,
             tmp,
             commit: tokio::sync::Mutex::new(()),
             hashes: Mutex::new(HashMap::new()),
+            _alive: alive,
         })
     }
 
@@ -176,8 +181,11 @@ impl DiskStorage {
     }
 
     fn tmp_path(&self, what: &str) -> PathBuf {
-        self.tmp
-            .join(format!("{}{what}", uuid::Uuid::new_v4().simple()))
+        self.tmp.join(format!(
+            "{}-{}{what}",
+            modmesh_common::owner::tag(),
+            uuid::Uuid::new_v4().simple()
+        ))
     }
 
     async fn visible(&self, vdir: &Path, version: &str) -> Result<bool> {
@@ -762,8 +770,39 @@ async fn sync_dir(dir: &Path) -> Result<()> {
     blocking(move || Ok(sync_dir_blocking(&dir)?)).await
 }
 
-/// Removes entries of `tmp` last modified longer than `age` ago; returns how
-/// many it removed.
+/// How often a running store looks for temporaries of dead owners.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Removes what crashed saves left in `tmp` (see [`remove_stale`]) and logs
+/// how much.
+fn sweep(tmp: &Path) -> usize {
+    let removed = remove_stale(tmp, STALE_AFTER);
+    if removed > 0 {
+        tracing::info!(removed, dir = %tmp.display(), "removed temporary save directories of crashed saves");
+    }
+    removed
+}
+
+/// Sweeps `tmp` every [`SWEEP_EVERY`] while `alive` can be upgraded (only
+/// inside a tokio runtime).
+fn start_sweeper(tmp: PathBuf, alive: std::sync::Weak<()>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        loop {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            if alive.upgrade().is_none() {
+                return;
+            }
+            let t = tmp.clone();
+            let _ = tokio::task::spawn_blocking(move || sweep(&t)).await;
+        }
+    });
+}
+
+/// Removes entries of `tmp` whose owner is dead, and those of an unknown
+/// owner last modified longer than `age` ago; returns how many it removed.
 fn remove_stale(tmp: &Path, age: Duration) -> usize {
     let Ok(entries) = std::fs::read_dir(tmp) else {
         return 0;
@@ -772,11 +811,15 @@ fn remove_stale(tmp: &Path, age: Duration) -> usize {
     let mut removed = 0;
     for entry in entries.flatten() {
         let Ok(meta) = entry.metadata() else { continue };
-        let old = meta
-            .modified()
-            .ok()
-            .and_then(|m| now.duration_since(m).ok())
-            .is_some_and(|d| d > age);
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let old = match modmesh_common::owner::dead(&name) {
+            Some(dead) => dead,
+            None => meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|d| d > age),
+        };
         if !old {
             continue;
         }
@@ -879,5 +922,22 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(remove_stale(dir.path(), Duration::from_millis(10)), 2);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn temporaries_of_dead_owners_are_removed_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = modmesh_common::owner::tag();
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let pid = gone.id();
+        gone.wait().unwrap();
+        let boot = me.split_once('p').unwrap().0;
+        let dead = dir.path().join(format!("{boot}p{pid}s1-abc"));
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join("source.zip"), b"x").unwrap();
+        let live = dir.path().join(format!("{me}-def"));
+        std::fs::create_dir(&live).unwrap();
+        assert_eq!(remove_stale(dir.path(), Duration::from_secs(3600)), 1);
+        assert!(!dead.exists() && live.is_dir());
     }
 }
