@@ -140,7 +140,6 @@ enum Got {
         info: Bytes,
         go_mod: Bytes,
         zip: std::fs::File,
-        via: String,
     },
     /// Fetched (and verified) by the go command.
     Go(Downloaded),
@@ -155,6 +154,8 @@ pub struct NativeFetcher {
     http: reqwest::Client,
     workers: Semaphore,
     timeout: Duration,
+    /// The client of the checksum database `GOSUMDB` names, made once.
+    sumdb: tokio::sync::OnceCell<SumDbClient>,
 }
 
 impl std::fmt::Debug for NativeFetcher {
@@ -185,6 +186,7 @@ impl NativeFetcher {
             netrc,
             http,
             timeout,
+            sumdb: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -378,13 +380,41 @@ impl NativeFetcher {
         base: &str,
         c: &Coordinates,
     ) -> std::result::Result<Got, Failure> {
-        let (version, info) = self.query_from(base, c).await?;
+        // A canonical version's three files are asked at once; a query is
+        // resolved first.
+        let version = if c.version.is_canonical() {
+            c.version.clone()
+        } else {
+            self.query_from(base, c).await?.0
+        };
+        let at = Coordinates {
+            module: c.module.clone(),
+            version: version.clone(),
+        };
         let stem = format!("{base}/{}/@v/{}", c.module.escaped(), version.escaped());
-        let go_mod = self
-            .get_small(&format!("{stem}.mod"), zipcheck::MAX_GO_MOD as usize)
-            .await?;
-        let url = format!("{stem}.zip");
-        let resp = self.get(&url).await?;
+        let (mod_url, zip_url) = (format!("{stem}.mod"), format!("{stem}.zip"));
+        let ((_, info), go_mod, zip) = tokio::try_join!(
+            self.query_from(base, &at),
+            self.get_small(&mod_url, zipcheck::MAX_GO_MOD as usize),
+            self.spool_zip(&zip_url, &at),
+        )?;
+        Ok(Got::Native {
+            version,
+            info,
+            go_mod,
+            zip,
+        })
+    }
+
+    /// GETs the zip at `url` into an unnamed temporary file, refused past
+    /// [`zipcheck::MAX_ZIP`] as soon as the size is known.
+    async fn spool_zip(
+        &self,
+        url: &str,
+        c: &Coordinates,
+    ) -> std::result::Result<std::fs::File, Failure> {
+        let version = &c.version;
+        let resp = self.get(url).await?;
         let too_large = |n: u64| {
             Failure {
             class: Some(Class::Refused),
@@ -408,7 +438,7 @@ impl NativeFetcher {
         let mut n: u64 = 0;
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| broken(&url, &e))?;
+            let chunk = chunk.map_err(|e| broken(url, &e))?;
             n += chunk.len() as u64;
             if n > zipcheck::MAX_ZIP {
                 return Err(too_large(n));
@@ -426,13 +456,7 @@ impl NativeFetcher {
         zip.flush()
             .and_then(|_| zip.rewind())
             .map_err(|e| Failure::local(Error::internal(format!("spool file: {}", e.kind()))))?;
-        Ok(Got::Native {
-            version,
-            info,
-            go_mod,
-            zip,
-            via: base.to_string(),
-        })
+        Ok(zip)
     }
 
     /// Walks the list for `c`, one attempt per entry, each within the
@@ -517,23 +541,28 @@ impl NativeFetcher {
             resolved = Coordinates::new(c.module.as_str(), &v.version)?;
             &resolved
         };
-        let got = self
-            .walk(
-                &c.module,
-                &c.key(),
-                |base| async move { self.download_from(&base, c).await },
-                |gp| async move { self.go.fetch_via(c, gp.as_deref()).await.map(Got::Go) },
-            )
-            .await?;
-        let (version, info, go_mod, zip, via) = match got {
+        let key = c.key();
+        let walk = self.walk(
+            &c.module,
+            &key,
+            |base| async move { self.download_from(&base, c).await },
+            |gp| async move { self.go.fetch_via(c, gp.as_deref()).await.map(Got::Go) },
+        );
+        // A canonical version's records are looked up while it downloads.
+        let (got, early) = if c.version.is_canonical() {
+            let (got, records) = tokio::join!(walk, self.records(&c.module, &c.version));
+            (got?, Some(records))
+        } else {
+            (walk.await?, None)
+        };
+        let (version, info, go_mod, zip) = match got {
             Got::Go(d) => return Ok(d),
             Got::Native {
                 version,
                 info,
                 go_mod,
                 zip,
-                via,
-            } => (version, info, go_mod, zip, via),
+            } => (version, info, go_mod, zip),
         };
         let module = c.module.as_str().to_string();
         let (v, gm) = (version.as_str().to_string(), go_mod.clone());
@@ -555,7 +584,13 @@ impl NativeFetcher {
             }
         };
         let mod_h1 = zipcheck::go_mod_hash(&go_mod);
-        self.verify(&c.module, &version, &h1, &mod_h1, &via).await?;
+        let records = match early {
+            Some(r) => r?,
+            None => self.records(&c.module, &version).await?,
+        };
+        if let Some(r) = records {
+            r.check(&format!("{}@{version}", c.module), &h1, &mod_h1)?;
+        }
         let zip_size = zip.metadata().ok().map(|m| m.len());
         zip.rewind()
             .map_err(|e| Error::internal(format!("spool file: {}", e.kind())))?;
@@ -575,16 +610,11 @@ impl NativeFetcher {
         })
     }
 
-    /// Verifies the computed hashes of `module@version` against the
-    /// checksum database, as the go command would (see the module docs).
-    async fn verify(
-        &self,
-        module: &ModulePath,
-        version: &Version,
-        h1: &str,
-        mod_h1: &str,
-        via: &str,
-    ) -> Result<()> {
+    /// The go.sum records of `module@version` in the checksum database, as
+    /// the go command would ask (see the module docs): `None` when the
+    /// module is not checked; else the database's name and its zip and
+    /// go.mod hashes.
+    async fn records(&self, module: &ModulePath, version: &Version) -> Result<Option<Records>> {
         let env = self.env().await?;
         let gosumdb = env.sumdb.trim();
         let mv = format!("{module}@{version}");
@@ -594,12 +624,12 @@ impl NativeFetcher {
                     "verifying {mv}: checksum database disabled by GOSUMDB=off"
                 )));
             }
-            return Ok(());
+            return Ok(None);
         }
         if chain::matches_prefix_patterns(&env.no_sumdb, module.as_str())
             || chain::matches_prefix_patterns(&self.no_sum, module.as_str())
         {
-            return Ok(());
+            return Ok(None);
         }
         let verifier = sumcheck::Verifier::for_gosumdb(gosumdb).ok_or_else(|| {
             Error::permission(format!(
@@ -609,32 +639,50 @@ impl NativeFetcher {
         let db = SumDb::from_gosumdb(gosumdb)
             .ok_or_else(|| Error::permission(format!("verifying {mv}: invalid GOSUMDB")))?;
         // With an explicit URL the go command goes straight there; else it
-        // asks the proxies of its list first.
+        // asks the proxies of its list first, in order.
         let proxies: Vec<String> = if gosumdb.split_whitespace().nth(1).is_some() {
             Vec::new()
         } else {
-            std::iter::once(via.to_string())
-                .chain(
-                    env.entries
-                        .iter()
-                        .map(|e| e.url.trim_end_matches('/').to_string())
-                        .filter(|u| is_http(u) && u != via),
-                )
+            env.entries
+                .iter()
+                .map(|e| e.url.trim_end_matches('/').to_string())
+                .filter(|u| is_http(u))
                 .collect()
         };
-        let client = SumDbClient::new(vec![db.clone()], self.timeout);
+        let client = self
+            .sumdb
+            .get_or_init(|| async { SumDbClient::new(vec![db.clone()], self.timeout) })
+            .await;
         let path = format!("lookup/{}@{}", module.escaped(), version.escaped());
         let body = client
             .get_via(&db.name, &path, &proxies)
             .await
             .map_err(|e| Error::new(e.kind, format!("verifying {mv}: {}", e.message)))?;
         let body = String::from_utf8_lossy(&body);
-        let (want_zip, want_mod) =
+        let (zip, go_mod) =
             sumcheck::lookup_hashes(&body, &verifier, module.as_str(), version.as_str())
                 .map_err(|why| Error::permission(format!("verifying {mv}: {why}")))?;
+        Ok(Some(Records {
+            db: db.name,
+            zip,
+            go_mod,
+        }))
+    }
+}
+
+/// What a checksum database records for one module version.
+struct Records {
+    db: String,
+    zip: Option<String>,
+    go_mod: Option<String>,
+}
+
+impl Records {
+    /// Refuses `mv` unless the computed hashes are the recorded ones.
+    fn check(&self, mv: &str, h1: &str, mod_h1: &str) -> Result<()> {
         for (what, got, want) in [
-            (mv.clone(), h1, want_zip),
-            (format!("{mv}/go.mod"), mod_h1, want_mod),
+            (mv.to_string(), h1, &self.zip),
+            (format!("{mv}/go.mod"), mod_h1, &self.go_mod),
         ] {
             match want {
                 Some(w) if w == got => {}
@@ -642,7 +690,7 @@ impl NativeFetcher {
                     tracing::warn!(module = %what, downloaded = %got, database = %w, "checksum mismatch");
                     return Err(Error::permission(format!(
                         "verifying {what}: checksum mismatch\n\tdownloaded: {got}\n\t{}: {w}\n\nSECURITY ERROR\nThis download does NOT match the one reported by the checksum server.",
-                        db.name
+                        self.db
                     )));
                 }
                 None => {
