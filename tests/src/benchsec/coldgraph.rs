@@ -198,6 +198,7 @@ pub async fn run(dir: &Path, rounds: usize) -> Result<String> {
     }
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
     let mut modules = 0;
+    let mut failures: Vec<String> = Vec::new();
     for round in 0..rounds {
         for k in 0..kinds.len() {
             let i = (k + round) % kinds.len();
@@ -211,7 +212,26 @@ pub async fn run(dir: &Path, rounds: usize) -> Result<String> {
                 Running::None => String::new(),
             };
             drop(running);
-            let (took, zips) = r.map_err(|e| anyhow::anyhow!("{}: {e:#}\n{log}", kind.name()))?;
+            let (took, zips) = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    // One failed run (a proxy serving a broken file) is
+                    // reported and left out, not the end of the section.
+                    let e = format!("{e:#}");
+                    let first = e
+                        .lines()
+                        .find(|l| l.contains("go.mod") || l.contains("error"))
+                        .unwrap_or("");
+                    eprintln!(
+                        "[coldgraph] round {} {}: FAILED: {first}\n{log}",
+                        round + 1,
+                        kind.name()
+                    );
+                    failures.push(format!("round {}: {}: {first}", round + 1, kind.name()));
+                    let _ = std::fs::remove_dir_all(&d);
+                    continue;
+                }
+            };
             eprintln!(
                 "[coldgraph] round {} {}: {:.2} s, {zips} zips",
                 round + 1,
@@ -239,6 +259,9 @@ pub async fn run(dir: &Path, rounds: usize) -> Result<String> {
             med[i] / direct,
             athens_t.map_or("-".to_string(), |a| format!("{:.2}", med[i] / a))
         ));
+    }
+    for f in &failures {
+        out.push_str(&format!("\nFailed and left out: {f}\n"));
     }
     Ok(out)
 }
