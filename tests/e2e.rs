@@ -1700,3 +1700,156 @@ async fn warm_zips_redirect_to_presigned_storage_urls() -> Result<()> {
 
     Ok(())
 }
+
+/// The native fetcher refuses what the go command would refuse, and stores
+/// nothing of it: a corrupted zip, an entry leaving `module@version/`, an
+/// entry outside it, a case-folded duplicate, a go.mod differing from the
+/// `.mod` file, an oversized zip (refused as soon as its size is known, the
+/// rest never read) and a zip whose hash the checksum database (the tests'
+/// signed one) records differently. Each is 403 with the reason, the go
+/// command in the client fails with it, and the store is unchanged; a good
+/// module verified against the same database is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_fetcher_refuses_bad_modules_and_stores_nothing() -> Result<()> {
+    use modmesh_tests::fixtures::zip_bytes;
+    use modmesh_tests::sumdb::TestSumDb;
+    let _heavy = HEAVY.lock().await;
+    let t = Instant::now();
+    let w = World::new()?;
+    const V: &str = "v1.0.0";
+    let gomod = |m: &str| format!("module {m}\n");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "example.com/bad/corrupt",
+            b"PK\x03\x04 this is not a zip at all".to_vec(),
+            "not a valid zip file",
+        ),
+        (
+            "example.com/bad/slip",
+            zip_bytes(&[
+                (
+                    "example.com/bad/slip@v1.0.0/go.mod",
+                    gomod("example.com/bad/slip").as_bytes(),
+                ),
+                ("example.com/bad/slip@v1.0.0/../../x", b"x"),
+            ])?,
+            "leaves its directory",
+        ),
+        (
+            "example.com/bad/outside",
+            zip_bytes(&[("elsewhere@v1.0.0/x.go", b"package x\n")])?,
+            "is not under example.com/bad/outside@v1.0.0/",
+        ),
+        (
+            "example.com/bad/casefold",
+            zip_bytes(&[
+                ("example.com/bad/casefold@v1.0.0/README", b"a"),
+                ("example.com/bad/casefold@v1.0.0/readme", b"b"),
+            ])?,
+            "when case is ignored",
+        ),
+        (
+            "example.com/bad/gomod",
+            zip_bytes(&[(
+                "example.com/bad/gomod@v1.0.0/go.mod",
+                b"module example.com/other\n",
+            )])?,
+            "go.mod in the zip does not match the .mod file",
+        ),
+    ];
+    for (m, zip, _) in &cases {
+        w.proxy.add_raw(m, V, &gomod(m), zip)?;
+    }
+    // 600 MiB, sparse: over the 500 MiB limit without using the disk.
+    const HUGE: &str = "example.com/bad/huge";
+    w.proxy.add_raw(HUGE, V, &gomod(HUGE), b"")?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(w.proxy.file(HUGE, V, "zip"))?
+        .set_len(600 << 20)?;
+
+    // The database records every module of the upstream; BASE's zip hash
+    // is wrong.
+    let db = TestSumDb::start(w.proxy.root(), Some(BASE)).await?;
+    let mut spec = embedded_spec(
+        "gw-native",
+        w.tmp.path(),
+        &Store::Disk(w.store.clone()),
+        &w.upstream.url(),
+    )?;
+    spec.set(
+        "ATHENS_GO_BINARY_ENV_VARS",
+        format!("GOPROXY={};GOSUMDB={}", w.upstream.url(), db.gosumdb()),
+    );
+    spec.set("ATHENS_FETCHER_MODE", "native");
+    let gw = start_gateway(spec).await?;
+    let before = tree(&w.store)?;
+
+    let mut refused: Vec<(String, String, String)> = cases
+        .iter()
+        .map(|(m, _, why)| (m.to_string(), V.to_string(), why.to_string()))
+        .collect();
+    refused.push((HUGE.into(), V.into(), "module source tree too large".into()));
+    refused.push((BASE.into(), BASE_RC.into(), "checksum mismatch".into()));
+    for (m, v, why) in &refused {
+        let started = Instant::now();
+        let r = get(&format!("{}{}", gw.url(), url_path(m, v, "zip"))).await?;
+        let body = r.text();
+        ensure!(
+            r.status == StatusCode::FORBIDDEN && body.contains(why.as_str()),
+            "{m}@{v}: {} {body} (want 403 with {why:?})\n{}",
+            r.status,
+            gw.log_tail(3000)
+        );
+        ensure!(
+            !body.contains(&w.tmp.path().display().to_string()),
+            "server path in {body}"
+        );
+        if m == HUGE {
+            ensure!(
+                started.elapsed() < Duration::from_secs(5),
+                "the oversized zip took {:?} to refuse",
+                started.elapsed()
+            );
+        }
+        // The go command in the client fails with the reason.
+        let go = GoEnv::new(&gw.url())?;
+        let e = go
+            .run(
+                w.tmp.path(),
+                &["mod", "download", "-json", &format!("{m}@{v}")],
+            )
+            .await
+            .err()
+            .ok_or_else(|| anyhow!("go mod download {m}@{v} succeeded"))?;
+        ensure!(
+            format!("{e:#}").contains(why.as_str()),
+            "go mod download {m}@{v} failed without the reason: {e:#}"
+        );
+    }
+    ensure!(
+        tree(&w.store)? == before,
+        "refused modules left something in the store: {:?}",
+        tree(&w.store)?.difference(&before).collect::<Vec<_>>()
+    );
+    lap(
+        "native-refusals",
+        "7 bad modules refused, store unchanged",
+        t,
+    );
+
+    // A good module passes the same checks and is served as the upstream has it.
+    let r = get(&format!("{}{}", gw.url(), url_path(MIXED, MIXED_V, "zip"))).await?;
+    ensure!(
+        r.status == StatusCode::OK,
+        "good module: {} {}",
+        r.status,
+        r.text()
+    );
+    ensure!(
+        r.body[..] == std::fs::read(w.proxy.file(MIXED, MIXED_V, "zip"))?[..],
+        "the served zip differs from the upstream's"
+    );
+    ensure!(tree(&w.store)? != before, "the good module was not stored");
+    Ok(())
+}

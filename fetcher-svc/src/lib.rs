@@ -15,6 +15,7 @@ use modmesh_proto::{Coordinates, ModulePath, Result, Version};
 pub mod client;
 pub mod gocmd;
 pub mod ingest;
+pub mod native;
 pub mod private;
 pub mod server;
 pub mod sumdb;

@@ -31,10 +31,12 @@ async fn main() {
     if let Err(e) = go.goproxy().await {
         tracing::error!(error = %e, "the go command's GOPROXY cannot be read");
     }
+    let fetcher =
+        modmesh_fetcher::native::with_mode(&cfg, go).unwrap_or_else(|e| run::fail(NAME, 2, e));
     let listener = run::bind(NAME, "FetcherSvcListen", &cfg.FetcherSvcListen, ":50053").await;
     server::serve_grpc(
         listener,
-        fetcher_server::routes(Arc::new(go)),
+        fetcher_server::routes(fetcher),
         &[fetcher_server::SERVICE_NAME],
         NAME,
         shutdown::signal(cfg.shutdown_timeout()),

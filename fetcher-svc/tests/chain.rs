@@ -344,3 +344,74 @@ async fn health_of_the_go_fetcher_and_of_the_client() {
     );
     hold.abort();
 }
+
+/// The native fetcher (`FetcherMode=native`: no go process fetches) walks
+/// the list by the same rules: ',' falls through on 404 only, '|' on any
+/// failure, `off` is "not there"; list and `latest` come from the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_fetcher_walks_the_list_like_the_go_command() {
+    let up = upstream_with_a();
+    let root = std::path::PathBuf::from(up.file_url().trim_start_matches("file://"));
+    let good = HttpUpstream::start(root.clone(), Mode::Files).await;
+    let missing = HttpUpstream::start(root.clone(), Mode::Status(404)).await;
+    let failing = HttpUpstream::start(root, Mode::Status(500)).await;
+    let scratch = Scratch::new("native-chain");
+    let native = |goproxy: String| {
+        let cfg = modmesh_common::Config::from_text(
+            "",
+            &[
+                (
+                    "ATHENS_GO_BINARY_ENV_VARS",
+                    format!("GOPROXY={goproxy};GOSUMDB=off").as_str(),
+                ),
+                ("ATHENS_GOGET_DIR", scratch.path().to_str().unwrap()),
+                ("ATHENS_FETCHER_MODE", "native"),
+            ],
+        )
+        .unwrap();
+        let storage: Arc<dyn Storage> =
+            Arc::new(modmesh_storage::backends::memory::MemoryStorage::new());
+        (
+            modmesh_fetcher::native::from_config(&cfg, storage.clone()).unwrap(),
+            storage,
+        )
+    };
+    let a = coords("example.com/a", "v1.0.0");
+
+    // ',' after a 404: the next entry serves it.
+    let (f, storage) = native(format!("{},{}", missing.url(), good.url()));
+    let got = f.download(&a).await.unwrap();
+    assert_eq!(got.version.as_str(), "v1.0.0");
+    assert!(storage.exists(&a).await.unwrap());
+    assert_eq!(good.count("v1.0.0.zip"), 1);
+    assert_eq!(f.list(&module("example.com/a")).await.unwrap(), ["v1.0.0"]);
+    let latest = f.query(&coords("example.com/a", "latest")).await.unwrap();
+    assert!(String::from_utf8_lossy(&latest).contains("\"Version\":\"v1.0.0\""));
+
+    // ',' after a 500: no fall-through, 502.
+    let (f, storage) = native(format!("{},{}", failing.url(), good.url()));
+    let e = f.download(&a).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    assert!(e.message.contains("500"), "{e}");
+    assert!(!storage.exists(&a).await.unwrap());
+    assert_eq!(good.count("v1.0.0.zip"), 1);
+
+    // '|' after a 500: the next entry serves it.
+    let (f, storage) = native(format!("{}|{}", failing.url(), good.url()));
+    f.download(&a).await.unwrap();
+    assert!(storage.exists(&a).await.unwrap());
+    assert_eq!(good.count("v1.0.0.zip"), 2);
+
+    // Not there anywhere, `off`, and `direct` refused in native mode.
+    for list in [
+        missing.url(),
+        "off".to_string(),
+        format!("{},direct", missing.url()),
+    ] {
+        let (f, storage) = native(list.clone());
+        let e = f.download(&a).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound, "{list}: {e}");
+        assert!(!storage.exists(&a).await.unwrap());
+    }
+    assert_eq!(good.count("v1.0.0.zip"), 2);
+}

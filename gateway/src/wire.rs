@@ -105,10 +105,8 @@ pub fn services(cfg: &Config) -> Result<(Services, Embedded)> {
     };
 
     let fetcher: Arc<dyn Fetcher> = if cfg.FetcherSvcURL.is_empty() {
-        let f: Arc<dyn Fetcher> = Arc::new(
-            modmesh_fetcher::gocmd::GoFetcher::from_config(cfg, storage.clone())
-                .map_err(|e| Error::invalid(e.to_string()))?,
-        );
+        let f: Arc<dyn Fetcher> = modmesh_fetcher::native::from_config(cfg, storage.clone())
+            .map_err(|e| Error::invalid(e.to_string()))?;
         if !cfg.FetcherSvcListen.is_empty() {
             embedded.grpc.push((
                 cfg.FetcherSvcListen.clone(),

@@ -165,6 +165,30 @@ impl ProxyDir {
     }
 }
 
+impl ProxyDir {
+    /// Writes a module version whose zip is `zip` as given (well-formed or
+    /// not), with `.info`, `.mod` = `go_mod` and the list entry.
+    pub fn add_raw(&self, module: &str, version: &str, go_mod: &str, zip: &[u8]) -> Result<()> {
+        self.version_dir(module)?;
+        let info = serde_json::json!({ "Version": version, "Time": "2024-01-01T00:00:00Z" });
+        fs::write(self.file(module, version, "info"), info.to_string())?;
+        fs::write(self.file(module, version, "mod"), go_mod)?;
+        fs::write(self.file(module, version, "zip"), zip)?;
+        self.add_to_list(module, version)
+    }
+}
+
+/// A zip of `entries` (full names, contents), deflated.
+pub fn zip_bytes(entries: &[(&str, &[u8])]) -> Result<Vec<u8>> {
+    let mut zw = ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
+    for (name, data) in entries {
+        zw.start_file(*name, opts)?;
+        zw.write_all(data)?;
+    }
+    Ok(zw.finish()?.into_inner())
+}
+
 /// Hex SHA-256 of a file, read in chunks.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut f = File::open(path).with_context(|| format!("open {}", path.display()))?;

@@ -13,9 +13,11 @@
 //! - [`chains`]: package resolution through `GOPROXY` lists (nested and
 //!   sub-directory packages, an unreachable `direct`, the real upstream).
 //! - [`dbs`]: real PostgreSQL and MariaDB servers on loopback.
+//! - [`benchsec`]: sections of the benchmark harness (the cold real graph).
 
 #![warn(missing_docs)]
 
+pub mod benchsec;
 pub mod chains;
 pub mod dbs;
 pub mod fixtures;

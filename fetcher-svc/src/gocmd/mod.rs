@@ -88,7 +88,7 @@ use tokio::sync::{OnceCell, Semaphore};
 pub mod chain;
 pub mod classify;
 mod jobdir;
-mod output;
+pub(crate) mod output;
 mod process;
 
 pub use classify::{class_of, classify, Class};
@@ -175,11 +175,18 @@ impl Default for GoSettings {
     }
 }
 
-/// The go command's own `GOPROXY` and `GONOPROXY`.
-#[derive(Debug, Clone)]
-struct ProxyEnv {
-    entries: Vec<Entry>,
-    no_proxy: String,
+/// The go command's own `GOPROXY`, `GONOPROXY` and checksum settings
+/// (`go env`, run once in the fetcher's environment).
+#[derive(Debug, Clone, Default)]
+pub struct ProxyEnv {
+    /// The `GOPROXY` list.
+    pub entries: Vec<Entry>,
+    /// `GONOPROXY` (which defaults to `GOPRIVATE`).
+    pub no_proxy: String,
+    /// `GOSUMDB`.
+    pub sumdb: String,
+    /// `GONOSUMDB` and `GOPRIVATE`, comma-separated.
+    pub no_sumdb: String,
 }
 
 /// A [`Fetcher`] that runs the go command and saves into a [`Storage`].
@@ -363,12 +370,25 @@ impl GoFetcher {
         Ok(self.proxy_env().await?.entries.clone())
     }
 
-    async fn proxy_env(&self) -> Result<&ProxyEnv> {
+    /// The go command's upstream settings (`go env`), read once.
+    pub async fn proxy_env(&self) -> Result<&ProxyEnv> {
         self.proxy
             .get_or_try_init(|| async {
                 let what = "go env";
                 let out = self
-                    .run(&["env", "-json", "GOPROXY", "GONOPROXY"], what, None)
+                    .run(
+                        &[
+                            "env",
+                            "-json",
+                            "GOPROXY",
+                            "GONOPROXY",
+                            "GOSUMDB",
+                            "GONOSUMDB",
+                            "GOPRIVATE",
+                        ],
+                        what,
+                        None,
+                    )
                     .await?;
                 let env: Option<GoEnvJson> = first_json(&out.stdout);
                 match env {
@@ -378,6 +398,8 @@ impl GoFetcher {
                         Ok(ProxyEnv {
                             entries,
                             no_proxy: env.GONOPROXY,
+                            sumdb: env.GOSUMDB,
+                            no_sumdb: format!("{},{}", env.GONOSUMDB, env.GOPRIVATE),
                         })
                     }
                     _ => {
@@ -528,38 +550,52 @@ impl GoFetcher {
         }
     }
 
+    /// The ingest step this fetcher saves through.
+    pub(crate) fn ingest(&self) -> &Ingest {
+        &self.ingest
+    }
+
     /// `go mod download` of `c` through the chain.
     async fn fetch(&self, c: &Coordinates) -> Result<Downloaded> {
+        self.over_chain(&c.module, |gp| async move {
+            self.fetch_via(c, gp.as_deref()).await
+        })
+        .await
+    }
+
+    /// `go mod download` of `c` with `GOPROXY` set to `goproxy` (or as set).
+    pub(crate) async fn fetch_via(
+        &self,
+        c: &Coordinates,
+        goproxy: Option<&str>,
+    ) -> std::result::Result<Downloaded, Failure> {
         let arg = c.key();
         let what = "go mod download";
         let args = ["mod", "download", "-json", "--", arg.as_str()];
         let (arg, args) = (&arg, &args);
-        let d = self
-            .over_chain(&c.module, |gp| async move {
-                let out = self.attempt(args, what, gp.as_deref()).await?;
-                let parsed: Option<ModDownload> = first_json(&out.stdout);
-                if let Some(err) = parsed
-                    .as_ref()
-                    .map(|d| d.error.trim())
-                    .filter(|e| !e.is_empty())
-                {
-                    return Err(self.go_failure(what, err.as_bytes(), out.status));
-                }
-                if !out.status.success() {
-                    return Err(self.go_failure(what, &out.stderr, out.status));
-                }
-                parsed.ok_or_else(|| {
-                    Failure::local(Error::internal(format!(
-                        "{what} {arg}: no JSON in the go command's output"
-                    )))
-                })
-            })
-            .await?;
+        let out = self.attempt(args, what, goproxy).await?;
+        let parsed: Option<ModDownload> = first_json(&out.stdout);
+        if let Some(err) = parsed
+            .as_ref()
+            .map(|d| d.error.trim())
+            .filter(|e| !e.is_empty())
+        {
+            return Err(self.go_failure(what, err.as_bytes(), out.status));
+        }
+        if !out.status.success() {
+            return Err(self.go_failure(what, &out.stderr, out.status));
+        }
+        let d = parsed.ok_or_else(|| {
+            Failure::local(Error::internal(format!(
+                "{what} {arg}: no JSON in the go command's output"
+            )))
+        })?;
         if d.path != c.module.as_str() {
             return Err(Error::internal(format!(
                 "{what} {arg}: the go command reported module {:?}",
                 d.path
-            )));
+            ))
+            .into());
         }
         let version = Version::new(d.version.as_str())
             .ok()
@@ -573,7 +609,8 @@ impl GoFetcher {
         if d.info.is_empty() || d.go_mod.is_empty() || d.zip.is_empty() {
             return Err(Error::internal(format!(
                 "{what} {arg}: the go command reported no .info, .mod or .zip file"
-            )));
+            ))
+            .into());
         }
         let info = output::read_small(&d.info, ".info").await?;
         let go_mod = output::read_small(&d.go_mod, ".mod").await?;
@@ -596,6 +633,61 @@ impl GoFetcher {
             zip_size,
         })
     }
+
+    /// `go list -m -versions` of `module` with `GOPROXY` set to `goproxy`
+    /// (or as set).
+    pub(crate) async fn list_via(
+        &self,
+        module: &ModulePath,
+        goproxy: Option<&str>,
+    ) -> std::result::Result<Vec<String>, Failure> {
+        let arg = format!("{module}@latest");
+        let what = "go list -m -versions";
+        let args = ["list", "-m", "-versions", "-json", "--", arg.as_str()];
+        let out = self.attempt(&args, what, goproxy).await?;
+        if !out.status.success() {
+            let text = String::from_utf8_lossy(&out.stderr);
+            // The upstream answered the list, and it holds nothing usable.
+            if text.contains("no matching versions for query \"latest\"") {
+                return Ok(Vec::new());
+            }
+            return Err(self.go_failure(what, &out.stderr, out.status));
+        }
+        let m: ListModule = first_json(&out.stdout).ok_or_else(|| {
+            Failure::local(Error::internal(format!(
+                "{what} {arg}: no JSON in the go command's output"
+            )))
+        })?;
+        Ok(m.versions.unwrap_or_default())
+    }
+
+    /// `go list -m` of the query `c` with `GOPROXY` set to `goproxy` (or as
+    /// set): its `.info` JSON.
+    pub(crate) async fn query_via(
+        &self,
+        c: &Coordinates,
+        goproxy: Option<&str>,
+    ) -> std::result::Result<Bytes, Failure> {
+        let arg = c.key();
+        let what = "go list -m";
+        let args = ["list", "-m", "-json", "--", arg.as_str()];
+        let out = self.attempt(&args, what, goproxy).await?;
+        if !out.status.success() {
+            return Err(self.go_failure(what, &out.stderr, out.status));
+        }
+        let m = first_json::<ListModule>(&out.stdout).ok_or_else(|| {
+            Failure::local(Error::internal(format!(
+                "{what} {arg}: no JSON in the go command's output"
+            )))
+        })?;
+        if m.version.is_empty() {
+            return Err(Error::internal(format!(
+                "{what} {arg}: the go command reported no version"
+            ))
+            .into());
+        }
+        Ok(output::info_json(m)?)
+    }
 }
 
 #[async_trait]
@@ -605,54 +697,17 @@ impl Fetcher for GoFetcher {
     }
 
     async fn list(&self, module: &ModulePath) -> Result<Vec<String>> {
-        let arg = format!("{module}@latest");
-        let what = "go list -m -versions";
-        let args = ["list", "-m", "-versions", "-json", "--", arg.as_str()];
-        let (arg, args) = (&arg, &args);
         self.over_chain(module, |gp| async move {
-            let out = self.attempt(args, what, gp.as_deref()).await?;
-            if !out.status.success() {
-                let text = String::from_utf8_lossy(&out.stderr);
-                // The upstream answered the list, and it holds nothing usable.
-                if text.contains("no matching versions for query \"latest\"") {
-                    return Ok(Vec::new());
-                }
-                return Err(self.go_failure(what, &out.stderr, out.status));
-            }
-            let m: ListModule = first_json(&out.stdout).ok_or_else(|| {
-                Failure::local(Error::internal(format!(
-                    "{what} {arg}: no JSON in the go command's output"
-                )))
-            })?;
-            Ok(m.versions.unwrap_or_default())
+            self.list_via(module, gp.as_deref()).await
         })
         .await
     }
 
     async fn query(&self, c: &Coordinates) -> Result<Bytes> {
-        let arg = c.key();
-        let what = "go list -m";
-        let args = ["list", "-m", "-json", "--", arg.as_str()];
-        let (arg, args) = (&arg, &args);
-        let m = self
-            .over_chain(&c.module, |gp| async move {
-                let out = self.attempt(args, what, gp.as_deref()).await?;
-                if !out.status.success() {
-                    return Err(self.go_failure(what, &out.stderr, out.status));
-                }
-                first_json::<ListModule>(&out.stdout).ok_or_else(|| {
-                    Failure::local(Error::internal(format!(
-                        "{what} {arg}: no JSON in the go command's output"
-                    )))
-                })
-            })
-            .await?;
-        if m.version.is_empty() {
-            return Err(Error::internal(format!(
-                "{what} {arg}: the go command reported no version"
-            )));
-        }
-        output::info_json(m)
+        self.over_chain(&c.module, |gp| async move {
+            self.query_via(c, gp.as_deref()).await
+        })
+        .await
     }
 
     async fn sumdb(&self, db: &str, path: &str) -> Result<Bytes> {

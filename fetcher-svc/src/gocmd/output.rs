@@ -38,6 +38,9 @@ pub(crate) struct ListModule {
 pub(crate) struct GoEnvJson {
     pub GOPROXY: String,
     pub GONOPROXY: String,
+    pub GOSUMDB: String,
+    pub GONOSUMDB: String,
+    pub GOPRIVATE: String,
 }
 
 /// A `.info` document.

@@ -415,6 +415,10 @@ async fn main() -> Result<()> {
 
     gw.stop()?;
     mesh.stop()?;
+    println!(
+        "{}",
+        modmesh_tests::benchsec::coldgraph::run(&dir.join("coldgraph"), 2).await?
+    );
     eprintln!("bench done in {:.0} s", total.elapsed().as_secs_f64());
     Ok(())
 }
