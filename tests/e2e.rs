@@ -19,6 +19,7 @@ use modmesh_tests::fixtures::{
 };
 use modmesh_tests::goclient::{build_and_run_program, GoEnv};
 use modmesh_tests::http::{self, get, get_sha256, raw_get, raw_request, truncate};
+use modmesh_tests::objstores;
 use modmesh_tests::procs::Proc;
 use modmesh_tests::server::StaticServer;
 use modmesh_tests::topology::{embedded_spec, restart_gateway, start_gateway, Mesh, Store};
@@ -1417,4 +1418,119 @@ async fn mesh_sumdb_proxy_goes_through_the_fetcher() -> Result<()> {
     }
     mesh.stop()?;
     Ok(())
+}
+
+// ------------------------------------------------- the mesh on object stores
+
+/// The mesh (storage-svc on `kind`, lock-svc, two fetchers, two gateways):
+/// the program builds through gateway A, every zip fetched upstream once;
+/// the store then holds each fetched version in Athens' layout (listed
+/// through the store's own API); with the upstream stopped, a fresh go
+/// client builds through a restarted gateway B from the store alone.
+async fn mesh_on_object_store(kind: objstores::Kind) -> Result<()> {
+    let _heavy = HEAVY.lock().await;
+    let test = format!("mesh-on-{}", kind.label());
+    let t = Instant::now();
+    let Some(bucket) = objstores::open(kind).await? else {
+        return Ok(());
+    };
+    lap(&test, "store ready", t);
+    let mut w = World::new()?;
+    let mut mesh = Mesh::start(
+        w.tmp.path(),
+        &Store::Env(bucket.env.clone()),
+        &w.upstream.url(),
+        2,
+    )
+    .await?;
+    lap(&test, "6 processes ready", t);
+
+    let prog = w.tmp.path().join("prog");
+    write_program(&prog)?;
+    build_and_run_program(&GoEnv::new(&mesh.gateways[0].url())?, &prog)
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "[{test}] build through gateway A: {e:#}\n{}",
+                mesh.log_tails(4000)
+            )
+        })?;
+    lap(&test, "cold build through gateway A", t);
+    assert_each_zip_fetched_once(&w.upstream)?;
+
+    let fetched: Vec<(String, String)> = w
+        .upstream
+        .counts()
+        .keys()
+        .filter_map(|p| objstores::zip_coords(p))
+        .collect();
+    ensure!(
+        fetched.len() >= 5,
+        "[{test}] the build fetched only {fetched:?}"
+    );
+    let names: BTreeSet<String> = bucket.names().await?.into_iter().collect();
+    for (module, version) in &fetched {
+        for want in bucket.layout(module, version) {
+            ensure!(
+                names.contains(&want),
+                "[{test}] the store lacks {want} (Athens' layout); it holds {names:#?}"
+            );
+        }
+    }
+    ensure!(
+        names
+            .iter()
+            .all(|n| !n.contains(".tmp") && !n.contains("upload")),
+        "[{test}] leftovers in the store: {names:#?}"
+    );
+    lap(&test, "store listed in Athens' layout", t);
+
+    w.upstream.stop();
+    restart_gateway(&mut mesh.gateways[1]).await?;
+    std::fs::remove_file(prog.join("app"))?;
+    build_and_run_program(&GoEnv::new(&mesh.gateways[1].url())?, &prog)
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "[{test}] build through gateway B from the store alone: {e:#}\n{}",
+                mesh.log_tails(4000)
+            )
+        })?;
+    lap(
+        &test,
+        "build through restarted gateway B from the store alone",
+        t,
+    );
+    mesh.stop()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_on_s3_s3s_fs() -> Result<()> {
+    mesh_on_object_store(objstores::Kind::S3OnS3sFs).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_on_s3_moto() -> Result<()> {
+    mesh_on_object_store(objstores::Kind::S3OnMoto).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_on_minio() -> Result<()> {
+    mesh_on_object_store(objstores::Kind::Minio).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_on_gcp() -> Result<()> {
+    mesh_on_object_store(objstores::Kind::Gcp).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_on_azureblob() -> Result<()> {
+    mesh_on_object_store(objstores::Kind::AzureBlob).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_on_mongo() -> Result<()> {
+    mesh_on_object_store(objstores::Kind::Mongo).await
 }

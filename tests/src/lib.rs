@@ -13,6 +13,9 @@
 //! - [`chains`]: package resolution through `GOPROXY` lists (nested and
 //!   sub-directory packages, an unreachable `direct`, the real upstream).
 //! - [`dbs`]: real PostgreSQL and MariaDB servers on loopback.
+//! - `objstores` (feature `servers`): a fresh bucket on each real object
+//!   store (S3 on s3s-fs and moto, MinIO, GCS, Azure Blob, Mongo), its
+//!   storage-svc environment and a plain listing of what it holds.
 
 #![warn(missing_docs)]
 
@@ -21,6 +24,8 @@ pub mod dbs;
 pub mod fixtures;
 pub mod goclient;
 pub mod http;
+#[cfg(feature = "servers")]
+pub mod objstores;
 pub mod private;
 pub mod procs;
 pub mod server;

@@ -19,6 +19,9 @@ pub enum Store {
     Memory,
     /// `ATHENS_STORAGE_TYPE=disk` with this (existing) root.
     Disk(PathBuf),
+    /// Any backend, configured by these environment variables (including
+    /// `ATHENS_STORAGE_TYPE`), e.g. an object store's endpoint and bucket.
+    Env(Vec<(String, String)>),
 }
 
 impl Store {
@@ -32,6 +35,7 @@ impl Store {
                     root.display().to_string(),
                 ),
             ],
+            Store::Env(env) => env.clone(),
         }
     }
 }

@@ -90,20 +90,20 @@ pub async fn grpc_s3_backend() -> Fixture {
     over_grpc(s3_backend().await).await
 }
 
-/// The `minio` backend, built from configuration against the shared moto;
-/// it creates its fresh bucket itself.
+/// The `minio` backend, built from configuration against the shared MinIO
+/// server; it creates its fresh bucket itself.
 pub async fn minio_backend() -> Fixture {
-    let Some(moto) = moto() else {
-        return Fixture::skipped("moto_server is not installed");
+    let Some(minio) = minio() else {
+        return Fixture::skipped("minio is not installed (scripts/deps/37-minio.sh)");
     };
     let bucket = bucket_name();
-    let endpoint = format!("127.0.0.1:{}", moto.port);
+    let endpoint = format!("127.0.0.1:{}", minio.server.port);
     let cfg = modmesh_common::Config::from_text(
         "StorageType = \"minio\"\n",
         &[
             ("ATHENS_MINIO_ENDPOINT", &endpoint),
-            ("ATHENS_MINIO_ACCESS_KEY_ID", "minio"),
-            ("ATHENS_MINIO_SECRET_ACCESS_KEY", "minio123"),
+            ("ATHENS_MINIO_ACCESS_KEY_ID", MINIO_USER),
+            ("ATHENS_MINIO_SECRET_ACCESS_KEY", MINIO_PASSWORD),
             ("ATHENS_MINIO_USE_SSL", "false"),
             ("ATHENS_MINIO_BUCKET_NAME", &bucket),
         ],

@@ -64,8 +64,14 @@ impl ServerProcess {
     /// Runs `bin args` (which listens on `port`) and waits until it answers.
     pub fn spawn(bin: String, args: Vec<String>, port: u16) -> ServerProcess {
         let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .stdin(Stdio::null())
+        cmd.args(args);
+        Self::spawn_command(cmd, port)
+    }
+
+    /// Runs `cmd` (which listens on `port`, output discarded) and waits
+    /// until it answers.
+    pub fn spawn_command(mut cmd: Command, port: u16) -> ServerProcess {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let child = modmesh_test_support::spawn_tied(cmd).expect("spawn the server");
@@ -244,4 +250,88 @@ pub fn s3s_fs() -> Option<&'static S3sFs> {
         Some(S3sFs { server })
     })
     .as_ref()
+}
+
+// ----------------------------------------------------------------- MinIO
+
+/// The root user of the test MinIO server.
+pub const MINIO_USER: &str = "modmesh";
+/// Its password.
+pub const MINIO_PASSWORD: &str = "modmesh-secret";
+
+/// A MinIO server (`minio server DIR`) over a temporary directory.
+pub struct Minio {
+    /// The server.
+    pub server: ServerProcess,
+    _dir: tempfile::TempDir,
+}
+
+/// The MinIO server this test process shares (started once); `None` if
+/// `minio` is not installed (a panic under `CI=true`: run
+/// `scripts/deps/37-minio.sh`).
+pub fn minio() -> Option<&'static Minio> {
+    static MINIO: OnceLock<Option<Minio>> = OnceLock::new();
+    MINIO
+        .get_or_init(|| {
+            let Some(bin) = modmesh_test_support::find_program("minio") else {
+                assert!(
+                    !on_ci(),
+                    "CI=true but minio is not installed (scripts/deps/37-minio.sh)"
+                );
+                return None;
+            };
+            let dir = tempfile::tempdir().expect("minio data directory");
+            let port = free_port();
+            let mut cmd = Command::new(bin);
+            cmd.arg("server")
+                .arg(dir.path().join("data"))
+                .args(["--address", &format!("127.0.0.1:{port}")])
+                .args(["--console-address", &format!("127.0.0.1:{}", free_port())])
+                .arg("--quiet")
+                .env("MINIO_ROOT_USER", MINIO_USER)
+                .env("MINIO_ROOT_PASSWORD", MINIO_PASSWORD)
+                .env("MINIO_BROWSER", "off")
+                .env("MINIO_UPDATE", "off")
+                .env("HOME", dir.path());
+            let server = ServerProcess::spawn_command(cmd, port);
+            Some(Minio { server, _dir: dir })
+        })
+        .as_ref()
+}
+
+/// An S3 client of the server at `url` with static credentials
+/// (path-style), for creating buckets and listing them plainly.
+pub fn client_at(url: &str, key: &str, secret: &str) -> aws_sdk_s3::Client {
+    let creds = aws_credential_types::Credentials::new(key, secret, None, None, "test");
+    s3::client(
+        Some(url.to_string()),
+        "us-east-1",
+        true,
+        aws_credential_types::provider::SharedCredentialsProvider::new(creds),
+        &test_tuning(),
+    )
+}
+
+/// Every key in `bucket`, through the S3 API (ListObjectsV2, all pages).
+pub async fn keys(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .set_continuation_token(token.take())
+            .send()
+            .await
+            .expect("ListObjectsV2");
+        out.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string)),
+        );
+        match page.next_continuation_token() {
+            Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+            _ => return out,
+        }
+    }
 }
