@@ -17,17 +17,14 @@
 //! (`scripts/deps/20-lock.sh`, `scripts/deps/35-cloud.sh`); without a
 //! server its tests print `SKIPPED`, or fail under `CI=true`.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use hyper::StatusCode;
-use modmesh_lock::testing::servers::{self, Etcd, Redis, SentinelSet};
-use modmesh_lock::testing::skip;
-use modmesh_storage::backends::cloud_servers::CloudServer;
-use modmesh_storage::backends::{azureblob, gcp};
 use modmesh_tests::fixtures::{sha256_file, url_path, ProxyDir};
 use modmesh_tests::http::get_sha256;
+use modmesh_tests::lockservers::{lock_env, Driver};
 use modmesh_tests::server::StaticServer;
 use modmesh_tests::topology::{SharedLockMesh, Store};
 
@@ -36,80 +33,6 @@ static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const VERSION: &str = "v1.0.0";
 const REQUESTS: usize = 100;
-
-/// A lock driver of the lock-svc replicas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Driver {
-    Memory,
-    Redis,
-    RedisSentinel,
-    Etcd,
-    Gcp,
-    AzureBlob,
-}
-
-fn kv(k: &str, v: impl Into<String>) -> (String, String) {
-    (k.to_string(), v.into())
-}
-
-/// The lock-svc environment for `d`, its server started once per test
-/// binary; `None` (after [`skip`]) when the server is not installed.
-async fn lock_env(d: Driver) -> Option<Vec<(String, String)>> {
-    static REDIS: OnceLock<Option<Redis>> = OnceLock::new();
-    static SENTINELS: OnceLock<Option<SentinelSet>> = OnceLock::new();
-    static ETCD: OnceLock<Option<Etcd>> = OnceLock::new();
-    let ty = |t: &str| kv("ATHENS_SINGLE_FLIGHT_TYPE", t);
-    Some(match d {
-        Driver::Memory => vec![ty("memory")],
-        Driver::Redis => {
-            let Some(r) = REDIS.get_or_init(Redis::start) else {
-                skip("redis-server is not installed");
-                return None;
-            };
-            vec![
-                ty("redis"),
-                kv("ATHENS_REDIS_ENDPOINT", r.endpoint()),
-                kv("ATHENS_REDIS_PASSWORD", servers::REDIS_PASSWORD),
-            ]
-        }
-        Driver::RedisSentinel => {
-            let Some(s) = SENTINELS.get_or_init(SentinelSet::start) else {
-                skip("redis-server or redis-sentinel is not installed");
-                return None;
-            };
-            vec![
-                ty("redis-sentinel"),
-                kv("ATHENS_REDIS_SENTINEL_ENDPOINTS", s.endpoints().join(",")),
-                kv("ATHENS_REDIS_SENTINEL_MASTER_NAME", servers::MASTER_NAME),
-                kv("ATHENS_REDIS_SENTINEL_PASSWORD", servers::SENTINEL_PASSWORD),
-                kv("ATHENS_REDIS_PASSWORD", servers::REDIS_PASSWORD),
-            ]
-        }
-        Driver::Etcd => {
-            let Some(e) = ETCD.get_or_init(|| Etcd::start(3)) else {
-                skip("etcd is not installed");
-                return None;
-            };
-            vec![
-                ty("etcd"),
-                kv("ATHENS_ETCD_ENDPOINTS", e.endpoints().join(",")),
-            ]
-        }
-        // The cloud drivers keep their locks in the storage bucket's
-        // settings (as Athens' do); the harness skips when it is missing.
-        Driver::Gcp | Driver::AzureBlob => {
-            let server: &dyn CloudServer = if d == Driver::Gcp {
-                gcp::testing::shared()?
-            } else {
-                azureblob::testing::shared()?
-            };
-            let bucket = server.new_bucket().await;
-            let mut env = server.env(&bucket);
-            env.push(ty(if d == Driver::Gcp { "gcp" } else { "azureblob" }));
-            env
-        }
-    })
-}
 
 fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()

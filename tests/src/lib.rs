@@ -16,14 +16,21 @@
 //! - `objstores` (feature `servers`): a fresh bucket on each real object
 //!   store (S3 on s3s-fs and moto, MinIO, GCS, Azure Blob, Mongo), its
 //!   storage-svc environment and a plain listing of what it holds.
+//! - `lockservers` (feature `servers`): each shared lock driver's real
+//!   server and lock-svc environment.
+//! - `benchsec` (feature `servers`): sections of the benchmark harness.
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "servers")]
+pub mod benchsec;
 pub mod chains;
 pub mod dbs;
 pub mod fixtures;
 pub mod goclient;
 pub mod http;
+#[cfg(feature = "servers")]
+pub mod lockservers;
 #[cfg(feature = "servers")]
 pub mod objstores;
 pub mod private;

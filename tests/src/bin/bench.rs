@@ -9,7 +9,8 @@
 //! cargo run --release -p modmesh-tests --bin bench -- [--seconds N] [--concurrency C] [--big-mib M]
 //! ```
 //!
-//! Progress goes to stderr, the markdown report to stdout.
+//! Progress goes to stderr, the markdown report to stdout. With
+//! `--features servers`, also the object-store section (`benchsec::objstore`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -411,6 +412,11 @@ async fn main() -> Result<()> {
         "\nThe reference's memory is the whole bench process: its static server and the 4 hashing clients.\n"
     );
 
+    #[cfg(feature = "servers")]
+    println!(
+        "{}",
+        modmesh_tests::benchsec::objstore::run(dir, args.seconds, args.concurrency, 30).await?
+    );
     gw.stop()?;
     mesh.stop()?;
     eprintln!("bench done in {:.0} s", total.elapsed().as_secs_f64());
