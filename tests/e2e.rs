@@ -19,6 +19,7 @@ use modmesh_tests::fixtures::{
 };
 use modmesh_tests::goclient::{build_and_run_program, GoEnv};
 use modmesh_tests::http::{self, get, get_sha256, raw_get, raw_request, truncate};
+use modmesh_tests::objstores;
 use modmesh_tests::procs::Proc;
 use modmesh_tests::server::StaticServer;
 use modmesh_tests::topology::{embedded_spec, restart_gateway, start_gateway, Mesh, Store};
@@ -1565,36 +1566,6 @@ async fn wait_for_status(url: &str, want: StatusCode) -> Result<()> {
     }
 }
 
-/// An s3s-fs server over a fresh directory with one bucket, tied to this
-/// test process; `None` (a failure under CI) when it is not installed.
-fn s3s_fs_with_bucket(dir: &Path, bucket: &str) -> Result<Option<(std::process::Child, String)>> {
-    let Some(bin) = modmesh_test_support::find_program("s3s-fs")
-        .or_else(|| Some(PathBuf::from("/opt/modmesh-s3s/bin/s3s-fs")).filter(|p| p.is_file()))
-    else {
-        modmesh_test_support::skip("s3s-fs is not installed", "scripts/deps/30-storage.sh");
-        return Ok(None);
-    };
-    std::fs::create_dir_all(dir.join(bucket))?;
-    let port = modmesh_test_support::free_port();
-    let mut cmd = std::process::Command::new(bin);
-    cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--access-key", "modmesh", "--secret-key", "modmesh-secret"])
-        .arg(dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let child = modmesh_test_support::spawn_tied(cmd)?;
-    let addr = format!("127.0.0.1:{port}");
-    let t = Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        ensure!(
-            t.elapsed() < Duration::from_secs(20),
-            "s3s-fs never listened on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(Some((child, format!("http://{addr}"))))
-}
-
 /// With `ZipRedirectTTL` set and storage-svc on an object store, a stored
 /// zip is answered with a 307 to a URL the backend signs (never cached by
 /// clients), whose bytes are the module's; the go command follows it, so a
@@ -1604,21 +1575,19 @@ fn s3s_fs_with_bucket(dir: &Path, bucket: &str) -> Result<Option<(std::process::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_zips_redirect_to_presigned_storage_urls() -> Result<()> {
     let _heavy = HEAVY.lock().await;
-    let mut w = World::new()?;
-    let Some((mut s3, s3_url)) = s3s_fs_with_bucket(&w.tmp.path().join("s3"), "modules")? else {
+    let Some(bucket) = objstores::open(objstores::Kind::S3OnS3sFs).await? else {
         return Ok(());
     };
-    let env = |k: &str, v: &str| (k.to_string(), v.to_string());
-    let store = Store::Env(vec![
-        env("ATHENS_STORAGE_TYPE", "s3"),
-        env("AWS_ENDPOINT", &s3_url),
-        env("AWS_REGION", "us-east-1"),
-        env("AWS_ACCESS_KEY_ID", "modmesh"),
-        env("AWS_SECRET_ACCESS_KEY", "modmesh-secret"),
-        env("AWS_FORCE_PATH_STYLE", "true"),
-        env("ATHENS_S3_BUCKET_NAME", "modules"),
-        env("ATHENS_ZIP_REDIRECT_TTL", "120"),
-    ]);
+    let s3_url = bucket
+        .env
+        .iter()
+        .find(|(k, _)| k == "AWS_ENDPOINT")
+        .map(|(_, v)| v.clone())
+        .context("the s3 environment names its endpoint")?;
+    let mut w = World::new()?;
+    let mut env = bucket.env.clone();
+    env.push(("ATHENS_ZIP_REDIRECT_TTL".into(), "120".into()));
+    let store = Store::Env(env);
     let mut mesh = Mesh::start(w.tmp.path(), &store, &w.upstream.url(), 1).await?;
     let gw = mesh.gateways[0].url();
     let prog = w.tmp.path().join("prog");
@@ -1696,7 +1665,6 @@ async fn warm_zips_redirect_to_presigned_storage_urls() -> Result<()> {
             )
         })?;
     mesh.stop()?;
-    let _ = s3.kill();
 
     Ok(())
 }
@@ -1852,4 +1820,119 @@ async fn native_fetcher_refuses_bad_modules_and_stores_nothing() -> Result<()> {
     );
     ensure!(tree(&w.store)? != before, "the good module was not stored");
     Ok(())
+}
+
+// ------------------------------------------------- the mesh on object stores
+
+/// The mesh (storage-svc on `kind`, lock-svc, two fetchers, two gateways):
+/// the program builds through gateway A, every zip fetched upstream once;
+/// the store then holds each fetched version in Athens' layout (listed
+/// through the store's own API); with the upstream stopped, a fresh go
+/// client builds through a restarted gateway B from the store alone.
+async fn mesh_on_object_store(kind: objstores::Kind) -> Result<()> {
+    let _heavy = HEAVY.lock().await;
+    let test = format!("mesh-on-{}", kind.label());
+    let t = Instant::now();
+    let Some(bucket) = objstores::open(kind).await? else {
+        return Ok(());
+    };
+    lap(&test, "store ready", t);
+    let mut w = World::new()?;
+    let mut mesh = Mesh::start(
+        w.tmp.path(),
+        &Store::Env(bucket.env.clone()),
+        &w.upstream.url(),
+        2,
+    )
+    .await?;
+    lap(&test, "6 processes ready", t);
+
+    let prog = w.tmp.path().join("prog");
+    write_program(&prog)?;
+    build_and_run_program(&GoEnv::new(&mesh.gateways[0].url())?, &prog)
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "[{test}] build through gateway A: {e:#}\n{}",
+                mesh.log_tails(4000)
+            )
+        })?;
+    lap(&test, "cold build through gateway A", t);
+    assert_each_zip_fetched_once(&w.upstream)?;
+
+    let fetched: Vec<(String, String)> = w
+        .upstream
+        .counts()
+        .keys()
+        .filter_map(|p| objstores::zip_coords(p))
+        .collect();
+    ensure!(
+        fetched.len() >= 5,
+        "[{test}] the build fetched only {fetched:?}"
+    );
+    let names: BTreeSet<String> = bucket.names().await?.into_iter().collect();
+    for (module, version) in &fetched {
+        for want in bucket.layout(module, version) {
+            ensure!(
+                names.contains(&want),
+                "[{test}] the store lacks {want} (Athens' layout); it holds {names:#?}"
+            );
+        }
+    }
+    ensure!(
+        names
+            .iter()
+            .all(|n| !n.contains(".tmp") && !n.contains("upload")),
+        "[{test}] leftovers in the store: {names:#?}"
+    );
+    lap(&test, "store listed in Athens' layout", t);
+
+    w.upstream.stop();
+    restart_gateway(&mut mesh.gateways[1]).await?;
+    std::fs::remove_file(prog.join("app"))?;
+    build_and_run_program(&GoEnv::new(&mesh.gateways[1].url())?, &prog)
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "[{test}] build through gateway B from the store alone: {e:#}\n{}",
+                mesh.log_tails(4000)
+            )
+        })?;
+    lap(
+        &test,
+        "build through restarted gateway B from the store alone",
+        t,
+    );
+    mesh.stop()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_on_s3_s3s_fs() -> Result<()> {
+    mesh_on_object_store(objstores::Kind::S3OnS3sFs).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_on_s3_moto() -> Result<()> {
+    mesh_on_object_store(objstores::Kind::S3OnMoto).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_on_minio() -> Result<()> {
+    mesh_on_object_store(objstores::Kind::Minio).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_on_gcp() -> Result<()> {
+    mesh_on_object_store(objstores::Kind::Gcp).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_on_azureblob() -> Result<()> {
+    mesh_on_object_store(objstores::Kind::AzureBlob).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_on_mongo() -> Result<()> {
+    mesh_on_object_store(objstores::Kind::Mongo).await
 }

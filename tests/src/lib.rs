@@ -13,7 +13,13 @@
 //! - [`chains`]: package resolution through `GOPROXY` lists (nested and
 //!   sub-directory packages, an unreachable `direct`, the real upstream).
 //! - [`dbs`]: real PostgreSQL and MariaDB servers on loopback.
-//! - [`benchsec`]: sections of the benchmark harness (the cold real graph).
+//! - [`benchsec`]: sections of the benchmark harness (the cold real graph;
+//!   with feature `servers`, object stores and lock drivers).
+//! - `objstores` (feature `servers`): a fresh bucket on each real object
+//!   store (S3 on s3s-fs and moto, MinIO, GCS, Azure Blob, Mongo), its
+//!   storage-svc environment and a plain listing of what it holds.
+//! - `lockservers` (feature `servers`): each shared lock driver's real
+//!   server and lock-svc environment.
 
 #![warn(missing_docs)]
 
@@ -23,6 +29,10 @@ pub mod dbs;
 pub mod fixtures;
 pub mod goclient;
 pub mod http;
+#[cfg(feature = "servers")]
+pub mod lockservers;
+#[cfg(feature = "servers")]
+pub mod objstores;
 pub mod private;
 pub mod procs;
 pub mod server;

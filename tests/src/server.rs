@@ -4,7 +4,7 @@
 //! It runs on its own thread and tokio runtime (so a test that blocks its own
 //! runtime cannot starve it), listens on `127.0.0.1:0`, streams files in 64 KiB
 //! chunks, answers 404 for anything missing, counts requests per path, can be
-//! told to delay every answer, and can be stopped (listener and open
+//! told to delay every answer or throttle file bodies, and can be stopped (listener and open
 //! connections closed).
 
 use std::collections::HashMap;
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
@@ -34,6 +34,8 @@ struct Shared {
     counts: Mutex<HashMap<String, u64>>,
     order: Mutex<Vec<String>>,
     delay_ms: AtomicU64,
+    /// Bytes per second a file body is sent at (0: as fast as it goes).
+    throttle: AtomicU64,
     /// 0: serve the files; [`HANG`]: never answer; else that status code.
     answer: AtomicU64,
 }
@@ -114,6 +116,12 @@ impl StaticServer {
         self.shared
             .delay_ms
             .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Sends every later file body at about `bytes_per_sec` (0: no limit),
+    /// so a download stays in flight for a known time.
+    pub fn set_throttle(&self, bytes_per_sec: u64) {
+        self.shared.throttle.store(bytes_per_sec, Ordering::SeqCst);
     }
 
     /// From now on answers as `a` says.
@@ -270,8 +278,14 @@ async fn handle(
     let body: Body = if req.method() == Method::HEAD {
         Empty::new().map_err(|e: Infallible| match e {}).boxed()
     } else {
-        let stream = ReaderStream::with_capacity(file, 64 * 1024).map_ok(Frame::data);
-        BodyExt::boxed(StreamBody::new(stream))
+        let rate = shared.throttle.load(Ordering::SeqCst);
+        let stream = ReaderStream::with_capacity(file, 64 * 1024).then(move |chunk| async move {
+            if let (Ok(b), true) = (&chunk, rate > 0) {
+                tokio::time::sleep(Duration::from_secs_f64(b.len() as f64 / rate as f64)).await;
+            }
+            chunk
+        });
+        BodyExt::boxed(StreamBody::new(stream.map_ok(Frame::data)))
     };
     let mut resp = Response::new(body);
     let h = resp.headers_mut();

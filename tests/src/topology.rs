@@ -19,8 +19,8 @@ pub enum Store {
     Memory,
     /// `ATHENS_STORAGE_TYPE=disk` with this (existing) root.
     Disk(PathBuf),
-    /// Any backend, by the environment that configures it (set on
-    /// storage-svc and on every gateway).
+    /// Any backend, configured by these environment variables (including
+    /// `ATHENS_STORAGE_TYPE`), e.g. an object store's endpoint and bucket.
     Env(Vec<(String, String)>),
 }
 
@@ -249,6 +249,19 @@ impl SharedLockMesh {
         counts: (usize, usize, usize),
         lock_env: &[(&str, &str)],
     ) -> Result<SharedLockMesh> {
+        Self::start_with_gateway_env(dir, store, upstream, counts, lock_env, &[]).await
+    }
+
+    /// Like [`SharedLockMesh::start`], with `gateway_env` set on every
+    /// gateway over the defaults (e.g. a short `ATHENS_LOCK_TTL`).
+    pub async fn start_with_gateway_env(
+        dir: &Path,
+        store: &Store,
+        upstream: &str,
+        counts: (usize, usize, usize),
+        lock_env: &[(&str, &str)],
+        gateway_env: &[(&str, &str)],
+    ) -> Result<SharedLockMesh> {
         let (gateways, fetchers, locks) = counts;
         anyhow::ensure!(
             gateways > 0 && fetchers > 0 && locks > 0,
@@ -295,6 +308,9 @@ impl SharedLockMesh {
             g.set("ATHENS_STORAGE_SVC_URL", storage_url.clone());
             g.set("ATHENS_LOCK_SVC_URL", lock_procs[i % locks].url());
             g.set("ATHENS_FETCHER_SVC_URL", fetcher_procs[i % fetchers].url());
+            for (k, v) in gateway_env {
+                g.set(k, *v);
+            }
             gateway_procs.push(Proc::spawn(g)?);
         }
         for g in &mut gateway_procs {

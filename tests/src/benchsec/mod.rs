@@ -1,3 +1,7 @@
-//! Sections of the benchmark harness (`src/bin/bench.rs`), one module each.
+//! Sections of the benchmark harness (`src/bin/bench.rs`), one module each,
+//! each called with one line from its `main` (those under feature `servers`
+//! start real object stores and lock servers).
 
 pub mod coldgraph;
+#[cfg(feature = "servers")]
+pub mod objstore;

@@ -9,7 +9,8 @@
 //! cargo run --release -p modmesh-tests --bin bench -- [--seconds N] [--concurrency C] [--big-mib M]
 //! ```
 //!
-//! Progress goes to stderr, the markdown report to stdout.
+//! Progress goes to stderr, the markdown report to stdout. With
+//! `--features servers`, also the object-store section (`benchsec::objstore`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -413,6 +414,11 @@ async fn main() -> Result<()> {
 
     println!("{}", queries(dir, &upstream, &args).await?);
 
+    #[cfg(feature = "servers")]
+    println!(
+        "{}",
+        modmesh_tests::benchsec::objstore::run(dir, args.seconds, args.concurrency, 30).await?
+    );
     gw.stop()?;
     mesh.stop()?;
     println!(

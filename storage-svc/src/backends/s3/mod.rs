@@ -14,6 +14,8 @@
 
 pub mod creds;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use crate::Storage;
 use aws_credential_types::provider::SharedCredentialsProvider;
