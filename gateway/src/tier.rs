@@ -261,3 +261,99 @@ impl Storage for Tier {
         self.inner.watch_deletes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use modmesh_proto::ErrorKind;
+    use modmesh_storage::backends::MemoryStorage;
+    use modmesh_storage::watch::Watched;
+
+    async fn save(s: &dyn Storage, c: &Coordinates, zip: &'static [u8]) {
+        let req = SaveRequest::new(c, &b"{}"[..], &b"module x\n"[..]).unwrap();
+        s.save(req, one_chunk(Bytes::from_static(zip)))
+            .await
+            .unwrap();
+    }
+
+    async fn read_zip(s: &dyn Storage, c: &Coordinates) -> Result<Vec<u8>> {
+        let mut z = s.zip(c).await?;
+        let mut out = Vec::new();
+        while let Some(b) = z.stream.next().await {
+            out.extend_from_slice(&b?);
+        }
+        Ok(out)
+    }
+
+    /// Files read once are served by the tier even after they vanish from
+    /// the backend unannounced; a big zip is not kept; an announced delete
+    /// (in-process, as in the embedded gateway) is forgotten.
+    #[tokio::test]
+    async fn keeps_small_files_and_forgets_announced_deletes() {
+        let raw: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let watched: Arc<dyn Storage> = Arc::new(Watched::new(raw.clone()));
+        let cfg = TierConfig {
+            MemoryBytes: 1 << 20,
+            MaxMemoryZipBytes: 16,
+        };
+        let tier = Tier::wrap(watched.clone(), &cfg);
+        let small = Coordinates::new("example.com/small", "v1.0.0").unwrap();
+        let big = Coordinates::new("example.com/big", "v1.0.0").unwrap();
+        save(&*watched, &small, b"small").await;
+        save(&*watched, &big, b"a zip of more than sixteen bytes").await;
+        assert_eq!(tier.info(&small).await.unwrap(), &b"{}"[..]);
+        assert_eq!(tier.go_mod(&small).await.unwrap(), &b"module x\n"[..]);
+        assert_eq!(read_zip(&*tier, &small).await.unwrap(), b"small");
+        assert_eq!(read_zip(&*tier, &big).await.unwrap().len(), 32);
+
+        // Gone from the backend without an announcement: the small files
+        // are still served from the tier, the big zip is not.
+        raw.delete(&small).await.unwrap();
+        raw.delete(&big).await.unwrap();
+        assert_eq!(tier.info(&small).await.unwrap(), &b"{}"[..]);
+        assert_eq!(read_zip(&*tier, &small).await.unwrap(), b"small");
+        let e = read_zip(&*tier, &big).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound);
+
+        // Stored again and deleted with an announcement: forgotten.
+        save(&*watched, &small, b"small").await;
+        watched.delete(&small).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match tier.info(&small).await {
+                Err(e) if e.kind == ErrorKind::NotFound => break,
+                other => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "still served 2 s after the delete: {other:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        assert_eq!(
+            read_zip(&*tier, &small).await.unwrap_err().kind,
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            tier.go_mod(&small).await.unwrap_err().kind,
+            ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn config_refuses_a_zip_bound_crowding_out_the_rest() {
+        let cfg = modmesh_common::Config::from_text(
+            "[Tier]\nMemoryBytes = 1000\n",
+            &[("ATHENS_TIER_MAX_MEMORY_ZIP_BYTES", "500")],
+        )
+        .unwrap();
+        let e = cfg.section::<TierConfig>().unwrap_err();
+        assert!(e.to_string().contains("Tier.MaxMemoryZipBytes"), "{e}");
+        let ok = modmesh_common::Config::from_text("", &[("ATHENS_TIER_MEMORY_BYTES", "0")])
+            .unwrap()
+            .section::<TierConfig>()
+            .unwrap();
+        assert_eq!(ok.MemoryBytes, 0);
+    }
+}
