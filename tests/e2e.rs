@@ -1936,3 +1936,119 @@ async fn mesh_on_azureblob() -> Result<()> {
 async fn mesh_on_mongo() -> Result<()> {
     mesh_on_object_store(objstores::Kind::Mongo).await
 }
+
+/// The gateway-local tier, in a mesh of two gateways on one storage-svc:
+/// warm `.info`, `.mod` and `.zip` are served while storage-svc is stopped
+/// (SIGSTOP), so warm hits do not cross the gRPC hop; a delete through
+/// storage-svc's gRPC API makes both gateways stop serving the version
+/// within a bound (with storage-svc stopped again, neither answers it from
+/// its tier), and the next request fetches and stores it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_serves_warm_hits_without_storage_and_forgets_deletes() -> Result<()> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    const BOUND: Duration = Duration::from_secs(1);
+    let _heavy = HEAVY.lock().await;
+    let t = Instant::now();
+    let w = World::new()?;
+    let mut mesh = w.mesh().await?;
+    let exts = ["info", "mod", "zip"];
+    let want: Vec<Vec<u8>> = exts
+        .iter()
+        .map(|e| std::fs::read(w.proxy.file(BASE, "v1.0.0", e)))
+        .collect::<std::io::Result<_>>()?;
+    let urls = |g: &Proc| -> Vec<String> {
+        exts.iter()
+            .map(|e| format!("{}{}", g.url(), url_path(BASE, "v1.0.0", e)))
+            .collect()
+    };
+    for g in &mesh.gateways {
+        for (u, body) in urls(g).iter().zip(&want) {
+            let r = get(u).await?;
+            ensure!(
+                r.status == 200 && r.body == body[..],
+                "warming {u}: {}",
+                r.status
+            );
+        }
+    }
+    lap("tier", "both gateways warm", t);
+
+    // Warm hits with storage-svc frozen.
+    let storage = Pid::from_raw(mesh.storage.pid() as i32);
+    kill(storage, Signal::SIGSTOP)?;
+    let frozen = async {
+        for g in &mesh.gateways {
+            for (u, body) in urls(g).iter().zip(&want) {
+                let r = tokio::time::timeout(Duration::from_secs(3), get(u))
+                    .await
+                    .map_err(|_| anyhow!("{u} not answered with storage-svc stopped"))??;
+                ensure!(
+                    r.status == 200 && r.body == body[..],
+                    "{u} with storage-svc stopped: {} {}",
+                    r.status,
+                    truncate(&r.text(), 200)
+                );
+            }
+        }
+        Ok(())
+    }
+    .await;
+    kill(storage, Signal::SIGCONT)?;
+    frozen?;
+    lap("tier", "warm hits served with storage-svc stopped", t);
+
+    // A delete through storage-svc's gRPC API. Within BOUND both gateways
+    // have forgotten it: with storage-svc stopped again, neither answers it.
+    let mut client =
+        modmesh_proto::pb::storage_client::StorageClient::connect(mesh.storage.url()).await?;
+    let pb_c = modmesh_proto::pb::Coordinates {
+        module: BASE.into(),
+        version: "v1.0.0".into(),
+    };
+    client.delete(pb_c.clone()).await?;
+    tokio::time::sleep(BOUND).await;
+    kill(storage, Signal::SIGSTOP)?;
+    let forgotten = async {
+        for g in &mesh.gateways {
+            for u in urls(g) {
+                if let Ok(r) = tokio::time::timeout(Duration::from_secs(1), get(&u)).await {
+                    let r = r?;
+                    ensure!(
+                        r.status != 200,
+                        "{u} still served {BOUND:?} after the delete, storage-svc stopped"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    kill(storage, Signal::SIGCONT)?;
+    forgotten?;
+    lap(
+        "tier",
+        "both gateways stopped serving the deleted version",
+        t,
+    );
+
+    // The next request fetches and stores it again.
+    for g in &mesh.gateways {
+        for (u, body) in urls(g).iter().zip(&want) {
+            let r = get(u).await?;
+            ensure!(
+                r.status == 200 && r.body == body[..],
+                "{u} after the delete: {} {}",
+                r.status,
+                truncate(&r.text(), 300)
+            );
+        }
+    }
+    ensure!(
+        client.exists(pb_c).await?.into_inner().exists,
+        "the version was not stored again"
+    );
+    lap("tier", "fetched again after the delete", t);
+    mesh.stop()?;
+    Ok(())
+}

@@ -18,6 +18,7 @@ pub mod modes;
 pub mod route;
 pub mod service;
 pub mod sumdb;
+pub mod tier;
 pub mod wire;
 
 pub use app::{router, AppState};

@@ -82,6 +82,12 @@ pub fn services(cfg: &Config) -> Result<(Services, Embedded)> {
         Arc::new(modmesh_storage::client::StorageClient::from_channel(ch))
     };
 
+    // The gateway-local tier in front of either (see `crate::tier`); what
+    // this gateway serves over gRPC and what its fetcher saves into is the
+    // storage itself.
+    let tier: crate::tier::TierConfig = cfg.section().map_err(|e| Error::invalid(e.to_string()))?;
+    let served = crate::tier::Tier::wrap(storage.clone(), &tier);
+
     let lock: Arc<dyn Lock> = if cfg.LockSvcURL.is_empty() {
         let l = modmesh_lock::from_config(cfg)?;
         if !cfg.LockSvcListen.is_empty() {
@@ -136,7 +142,7 @@ pub fn services(cfg: &Config) -> Result<(Services, Embedded)> {
 
     Ok((
         Services {
-            storage,
+            storage: served,
             lock,
             fetcher,
         },

@@ -3,6 +3,7 @@
 //! the hop; the current request id travels in `x-request-id`.
 
 use crate::server::rechunk;
+use crate::watch::DeleteEvent;
 use crate::{ByteStream, Capabilities, CatalogPage, SaveRequest, Storage, VersionStat, ZipReader};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -24,6 +25,7 @@ pub struct StorageClient {
     grpc: Grpc,
     channel: Channel,
     capabilities: Arc<OnceLock<Capabilities>>,
+    deletes: Arc<OnceLock<tokio::sync::broadcast::Sender<DeleteEvent>>>,
 }
 
 /// How long [`StorageClient::health`] waits for the server's answer.
@@ -57,6 +59,7 @@ impl StorageClient {
             grpc,
             channel,
             capabilities: Arc::default(),
+            deletes: Arc::default(),
         }
     }
 
@@ -67,6 +70,43 @@ impl StorageClient {
         let reply = self.grpc().capabilities(pb::Empty {}).await?.into_inner();
         let caps = Capabilities::from_pb(&reply);
         Ok(*self.capabilities.get_or_init(|| caps))
+    }
+
+    /// Starts (once) the task that follows the server's `WatchDeletes`:
+    /// it subscribes, says [`DeleteEvent::Missed`] on every (re)subscription,
+    /// forwards each deletion, and after a failure subscribes again a second
+    /// later.
+    fn follow_deletes(&self) -> tokio::sync::broadcast::Sender<DeleteEvent> {
+        self.deletes
+            .get_or_init(|| {
+                let tx = tokio::sync::broadcast::channel(crate::watch::BACKLOG).0;
+                let (grpc, out) = (self.grpc(), tx.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let subscribed = grpc.clone().watch_deletes(pb::Empty {}).await;
+                        if let Err(e) = &subscribed {
+                            tracing::warn!(error = %e, "watching storage-svc's deletes failed; retrying in 1 s");
+                        }
+                        if let Ok(resp) = subscribed {
+                            tracing::debug!("watching storage-svc's deletes");
+                            let _ = out.send(DeleteEvent::Missed);
+                            let mut events = resp.into_inner();
+                            while let Ok(Some(c)) = events.message().await {
+                                match Coordinates::from_pb(&c) {
+                                    Ok(c) => drop(out.send(DeleteEvent::Deleted(c))),
+                                    Err(_) => drop(out.send(DeleteEvent::Missed)),
+                                }
+                            }
+                            // A broken subscription: whatever follows may
+                            // have been missed.
+                            let _ = out.send(DeleteEvent::Missed);
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                });
+                tx
+            })
+            .clone()
     }
 
     fn grpc(&self) -> Grpc {
@@ -294,6 +334,13 @@ impl Storage for StorageClient {
     async fn delete(&self, c: &Coordinates) -> Result<()> {
         self.grpc().delete(c.to_pb()).await?;
         Ok(())
+    }
+
+    fn watch_deletes(&self) -> Option<tokio::sync::broadcast::Receiver<DeleteEvent>> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return None;
+        }
+        Some(self.follow_deletes().subscribe())
     }
 
     async fn catalog(

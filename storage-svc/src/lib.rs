@@ -24,6 +24,7 @@ pub mod compliance;
 pub mod external_server;
 pub mod hashing;
 pub mod server;
+pub mod watch;
 
 /// A stream of zip bytes (each item at most [`modmesh_proto::MAX_CHUNK`]).
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
@@ -248,11 +249,17 @@ pub trait Storage: Send + Sync + 'static {
         let _ = (c, ttl);
         Ok(None)
     }
+    /// Deletions from now on (see [`watch`]), or `None` where this storage
+    /// cannot tell (then nothing may be kept in front of it for long).
+    fn watch_deletes(&self) -> Option<tokio::sync::broadcast::Receiver<watch::DeleteEvent>> {
+        None
+    }
 }
 
 /// Builds the backend named by `StorageType` in `cfg`.
+/// Deletions through it are announced to [`Storage::watch_deletes`].
 pub fn from_config(cfg: &modmesh_common::Config) -> Result<Arc<dyn Storage>> {
-    backends::from_config(cfg)
+    Ok(Arc::new(watch::Watched::new(backends::from_config(cfg)?)))
 }
 
 /// go.sum hash of a go.mod file: `h1:` + base64(sha256("`<sha256 hex>`  go.mod\n")).

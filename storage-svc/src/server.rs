@@ -292,6 +292,34 @@ impl pb::storage_server::Storage for StorageService {
         Ok(Response::new(pb::Empty {}))
     }
 
+    type WatchDeletesStream = BoxStream<'static, Result<pb::Coordinates, Status>>;
+
+    async fn watch_deletes(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> Result<Response<Self::WatchDeletesStream>, Status> {
+        use crate::watch::DeleteEvent;
+        use tokio::sync::broadcast::error::RecvError;
+        let Some(rx) = self.storage.watch_deletes() else {
+            return Err(Status::unimplemented(
+                "this storage does not announce its deletes",
+            ));
+        };
+        let events = futures::stream::unfold(Some(rx), |rx| async move {
+            let mut rx = rx?;
+            let item = match rx.recv().await {
+                Ok(DeleteEvent::Deleted(c)) => Ok(c.to_pb()),
+                Ok(DeleteEvent::Missed) | Err(RecvError::Lagged(_)) => {
+                    // The subscriber must forget everything: end here.
+                    return Some((Err(Status::data_loss("deletions were missed")), None));
+                }
+                Err(RecvError::Closed) => return None,
+            };
+            Some((item, Some(rx)))
+        });
+        Ok(Response::new(events.boxed()))
+    }
+
     async fn delete(&self, req: Request<pb::Coordinates>) -> Result<Response<pb::Empty>, Status> {
         let c = coords(req.get_ref())?;
         self.storage.delete(&c).await?;

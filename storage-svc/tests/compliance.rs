@@ -1616,3 +1616,32 @@ mod balancing {
         );
     }
 }
+
+/// Deletions travel over `WatchDeletes`: a subscriber hears `Missed` when it
+/// subscribes, then each deleted version, whoever deleted it.
+#[tokio::test(flavor = "multi_thread")]
+async fn deletes_are_announced_over_grpc() {
+    use modmesh_storage::watch::{DeleteEvent, Watched};
+    let backend: Arc<dyn modmesh_storage::Storage> = Arc::new(Watched::new(Arc::new(
+        modmesh_storage::backends::MemoryStorage::new(),
+    )));
+    let server = serve(backend.clone()).await;
+    let client = StorageClient::new(&server.url).unwrap();
+    let mut events = client.watch_deletes().expect("a client announces deletes");
+    async fn recv(events: &mut tokio::sync::broadcast::Receiver<DeleteEvent>) -> DeleteEvent {
+        tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("an event within 5 s")
+            .unwrap()
+    }
+    assert_eq!(recv(&mut events).await, DeleteEvent::Missed);
+    let c = coords("example.com/gone", "v1.0.0");
+    compliance::save(&client, &c, b"{}", b"module example.com/gone\n", b"z")
+        .await
+        .ok();
+    // Through the server's client and in-process: both are announced.
+    let _ = client.delete(&c).await;
+    assert_eq!(recv(&mut events).await, DeleteEvent::Deleted(c.clone()));
+    let _ = backend.delete(&c).await;
+    assert_eq!(recv(&mut events).await, DeleteEvent::Deleted(c));
+}

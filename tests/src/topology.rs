@@ -133,6 +133,28 @@ impl Mesh {
         n: usize,
         env: &[(&str, &str)],
     ) -> Result<Mesh> {
+        Mesh::start_with_envs(dir, store, upstream, n, env, &[]).await
+    }
+
+    /// Like [`Mesh::start`], with `env` set on every gateway over the defaults.
+    pub async fn start_with_gateway_env(
+        dir: &Path,
+        store: &Store,
+        upstream: &str,
+        n: usize,
+        env: &[(&str, &str)],
+    ) -> Result<Mesh> {
+        Mesh::start_with_envs(dir, store, upstream, n, &[], env).await
+    }
+
+    async fn start_with_envs(
+        dir: &Path,
+        store: &Store,
+        upstream: &str,
+        n: usize,
+        env: &[(&str, &str)],
+        gateway_env: &[(&str, &str)],
+    ) -> Result<Mesh> {
         let mut storage = base_spec("storage-svc", "storage-svc", dir);
         storage.env.extend(store.env());
         let a = storage.addr.clone();
@@ -176,6 +198,9 @@ impl Mesh {
             g.set("ATHENS_STORAGE_SVC_URL", storage_url.clone());
             g.set("ATHENS_LOCK_SVC_URL", lock_url.clone());
             g.set("ATHENS_FETCHER_SVC_URL", f.url());
+            for (k, v) in gateway_env {
+                g.set(k, *v);
+            }
             gateways.push(Proc::spawn(g)?);
         }
         for g in &mut gateways {
