@@ -771,3 +771,353 @@ async fn a_full_disk_fails_the_save_cleanly() -> Result<()> {
     assert_eq!(small.sha, want);
     mesh.stop()
 }
+
+/// Watches a disk store's published version directories from a thread:
+/// each must, whenever it exists, hold its whole zip (`len` bytes), its
+/// `.mod` and `.info`. Violations are collected for [`Watch::finish`].
+struct Watch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Watch {
+    fn start(vdirs: Vec<(PathBuf, u64)>) -> Watch {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut bad = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                for (dir, len) in &vdirs {
+                    if !dir.exists() {
+                        continue;
+                    }
+                    // The directory is published by one rename: once it is
+                    // there, all of it is.
+                    let zip = std::fs::metadata(dir.join("source.zip")).map(|m| m.len());
+                    let entries = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+                    if zip.as_ref().ok() != Some(len) || entries < 3 {
+                        bad.push(format!(
+                            "{}: visible with zip {zip:?} (want {len}), {entries} files",
+                            dir.display()
+                        ));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            bad
+        });
+        Watch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let bad = self
+            .thread
+            .take()
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default();
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            bail!("half-written versions seen: {:?}", &bad[..bad.len().min(5)])
+        }
+    }
+}
+
+/// Reads an HTTP/1.1 answer head from `c`: (status, Content-Length, the
+/// body bytes read past the head).
+async fn read_head(c: &mut TcpStream) -> Result<(u16, u64, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let status = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| anyhow!("no status line: {head}"))?;
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .ok_or_else(|| anyhow!("no Content-Length: {head}"))?;
+            return Ok((status, len, buf[end + 4..].to_vec()));
+        }
+        let n = c.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("closed before the answer head");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The gateway's own faults, with two gateways over one storage and lock:
+/// 1. gateway-a frozen (SIGSTOP) while it holds the lock of a slow cold
+///    fetch: gateway-b's request for the same version is served within
+///    `LockTTL` plus one fetch; thawed, gateway-a's client gets 200 with the
+///    exact bytes or 502/503/504.
+/// 2. gateway-a killed (SIGKILL) while its cold 200 MiB zip is being saved:
+///    its client sees a dropped connection; the fetcher's go run and job
+///    directory are gone within a bound; gateway-a restarted serves the
+///    exact bytes within `LockTTL` plus one fetch.
+/// 3. gateway-a frozen while it serves the stored 200 MiB zip: the client's
+///    read stalls, gateway-b serves meanwhile; thawed, the transfer
+///    completes with the exact bytes.
+///
+/// All along, no version directory is visible half-written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_or_killed_gateway_leaves_the_mesh_serving() -> Result<()> {
+    let _heavy = HEAVY.lock().await;
+    const SIZE: u64 = 200 << 20;
+    const MODULE: &str = "example.com/big";
+    // LockTTL (the default) and the fetch call's deadline, seconds.
+    const TTL: u64 = 5;
+    const FETCH_DEADLINE: u64 = 20;
+    let tmp = tempfile::tempdir()?;
+    let proxy = fixtures::standard_proxy(tmp.path().join("upstream"))?;
+    let small = proxy.file(fixtures::BASE, "v1.0.0", "zip");
+    let (small_sha, small_len) = (sha256_file(&small)?, std::fs::metadata(&small)?.len());
+    let p = proxy.clone();
+    let big = tokio::task::spawn_blocking(move || p.add_big(MODULE, "v1.0.0", SIZE)).await??;
+    let (big_sha, big_len) = (sha256_file(&big)?, std::fs::metadata(&big)?.len());
+    let upstream = StaticServer::start(proxy.root())?;
+    let store = mesh_env(tmp.path())?;
+    let mut mesh = start_mesh(tmp.path(), &Store::Disk(store.clone()), &upstream.url(), 2).await?;
+    let watch = Watch::start(vec![
+        (store.join(fixtures::BASE).join("v1.0.0"), small_len),
+        (store.join(MODULE).join("v1.0.0"), big_len),
+    ]);
+    let goget = tmp.path().join("fetcher-1/goget");
+    let (a, b) = (mesh.gateways[0].url(), mesh.gateways[1].url());
+
+    // 1. gateway-a frozen holding the lock of a cold fetch hanging on the
+    // upstream.
+    const FROZEN: &str = "gateway-frozen-holding-lock";
+    let path = fixtures::url_path(fixtures::BASE, "v1.0.0", "zip");
+    upstream.set_answer(Answer::Hang);
+    let inflight = tokio::spawn(get(format!("{a}{path}")));
+    wait_for(Duration::from_secs(20), "gateway-a's fetch started", || {
+        job_dirs(&goget).first().cloned()
+    })
+    .await?;
+    signal(&mesh.gateways[0], Signal::SIGSTOP)?;
+    let frozen = Instant::now();
+    upstream.set_answer(Answer::Files);
+    let other = get(format!("{b}{path}")).await;
+    let served = frozen.elapsed();
+    signal(&mesh.gateways[0], Signal::SIGCONT)?;
+    let thawed = Instant::now();
+    assert_eq!(
+        other.status,
+        Some(200),
+        "{FROZEN}: gateway-b: {other:?}\n{}",
+        mesh.log_tails(3000)
+    );
+    assert_eq!(
+        (other.sha.as_str(), other.len),
+        (small_sha.as_str(), small_len)
+    );
+    figure(FROZEN, "gateway-b served the version after", served);
+    assert!(
+        served < Duration::from_secs(TTL + 5),
+        "{FROZEN}: gateway-b took {served:?} (LockTTL {TTL} s plus one small fetch)"
+    );
+    let own = inflight.await?;
+    match own.status {
+        Some(200) => assert_eq!(
+            (own.sha.as_str(), own.len),
+            (small_sha.as_str(), small_len),
+            "{FROZEN}: gateway-a's 200 with other bytes"
+        ),
+        Some(502..=504) => {}
+        _ => bail!(
+            "{FROZEN}: gateway-a's own client after the thaw: {own:?}\n{}",
+            mesh.log_tails(3000)
+        ),
+    }
+    figure(
+        FROZEN,
+        &format!(
+            "gateway-a's own client got {:?}, after the thaw in",
+            own.status
+        ),
+        thawed.elapsed(),
+    );
+
+    // The frozen holder's go run (hanging on the upstream) is gone too.
+    wait_for(
+        Duration::from_secs(FETCH_DEADLINE + 10),
+        "gateway-a's abandoned job directory removed",
+        || job_dirs(&goget).is_empty().then_some(()),
+    )
+    .await?;
+    figure(
+        FROZEN,
+        "its job directory gone after the thaw in",
+        thawed.elapsed(),
+    );
+
+    // 2. gateway-a killed while its cold 200 MiB zip is being saved.
+    const KILLED: &str = "gateway-killed-mid-download";
+    let path = fixtures::url_path(MODULE, "v1.0.0", "zip");
+    let inflight = tokio::spawn(get(format!("{a}{path}")));
+    let job = wait_for(
+        Duration::from_secs(60),
+        "gateway-a's go run started",
+        || {
+            job_dirs(&goget)
+                .into_iter()
+                .find(|d| d.join("pgid").is_file())
+        },
+    )
+    .await?;
+    let pgid: i32 = std::fs::read_to_string(job.join("pgid"))?.trim().parse()?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let tmp_zip = wait_for(Duration::from_secs(120), "the save reaches 50 MiB", || {
+        temporaries(&store)
+            .into_iter()
+            .map(|d| d.join("source.zip"))
+            .find(|z| size(z) >= 50 << 20)
+    })
+    .await?;
+    signal(&mesh.gateways[0], Signal::SIGKILL)?;
+    let killed = Instant::now();
+    let saved = size(&tmp_zip);
+    let got = inflight.await?;
+    assert!(
+        got.status.is_none(),
+        "{KILLED}: the killed gateway's client got an answer: {got:?}"
+    );
+    figure(
+        KILLED,
+        &format!(
+            "killed at {} MiB saved; client's connection dropped after",
+            saved >> 20
+        ),
+        killed.elapsed(),
+    );
+    let _ = mesh.gateways[0].try_exit();
+    // The fetch either completes (and is published whole) or is abandoned;
+    // either way the go run and its job directory go away.
+    wait_for(
+        Duration::from_secs(FETCH_DEADLINE + 10),
+        "the go run and job directory gone",
+        || (group_members(pgid).is_empty() && !job.exists()).then_some(()),
+    )
+    .await
+    .with_context(|| mesh.log_tails(3000))?;
+    figure(
+        KILLED,
+        "go run and job directory gone after",
+        killed.elapsed(),
+    );
+    restart(&mut mesh.gateways[0]).await?;
+    let retry = get(format!("{a}{path}")).await;
+    assert_eq!(
+        retry.status,
+        Some(200),
+        "{KILLED}: {retry:?}\n{}",
+        mesh.log_tails(3000)
+    );
+    assert_eq!((retry.sha.as_str(), retry.len), (big_sha.as_str(), big_len));
+    let recovered = killed.elapsed();
+    figure(
+        KILLED,
+        "restarted gateway-a served the exact bytes after",
+        recovered,
+    );
+    assert!(
+        recovered < Duration::from_secs(TTL + FETCH_DEADLINE + 10),
+        "{KILLED}: recovery took {recovered:?}"
+    );
+    wait_for(Duration::from_secs(15), "no temporary left", || {
+        temporaries(&store).is_empty().then_some(())
+    })
+    .await?;
+
+    // 3. gateway-a frozen mid-serve of the stored zip.
+    const SERVE: &str = "gateway-frozen-mid-serve";
+    let mut c = TcpStream::connect(&mesh.gateways[0].spec.addr).await?;
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let (status, len, first) = read_head(&mut c).await?;
+    assert_eq!((status, len), (200, big_len), "{SERVE}");
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    sha2::Digest::update(&mut h, &first);
+    let mut read = first.len() as u64;
+    let mut chunk = vec![0u8; 1 << 20];
+    while read < 4 << 20 {
+        let n = c.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "{SERVE}: closed at {read} bytes");
+        sha2::Digest::update(&mut h, &chunk[..n]);
+        read += n as u64;
+    }
+    signal(&mesh.gateways[0], Signal::SIGSTOP)?;
+    let frozen = Instant::now();
+    // Drain what the socket buffers hold; then the read stalls.
+    let mut stalled = false;
+    while frozen.elapsed() < Duration::from_secs(10) {
+        match tokio::time::timeout(Duration::from_secs(1), c.read(&mut chunk)).await {
+            Err(_) => {
+                stalled = true;
+                break;
+            }
+            Ok(n) => {
+                let n = n?;
+                anyhow::ensure!(n > 0, "{SERVE}: closed while frozen at {read} bytes");
+                sha2::Digest::update(&mut h, &chunk[..n]);
+                read += n as u64;
+            }
+        }
+    }
+    assert!(stalled, "{SERVE}: bytes kept coming from a frozen gateway");
+    assert!(read < big_len, "{SERVE}: all sent before the freeze");
+    let other = get(format!("{b}{path}")).await;
+    assert_eq!(other.status, Some(200), "{SERVE}: gateway-b: {other:?}");
+    assert_eq!((other.sha.as_str(), other.len), (big_sha.as_str(), big_len));
+    figure(SERVE, "gateway-b served the zip meanwhile in", other.took);
+    signal(&mesh.gateways[0], Signal::SIGCONT)?;
+    let thawed = Instant::now();
+    let rest = tokio::time::timeout(Duration::from_secs(60), async {
+        while read < big_len {
+            let n = c.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            sha2::Digest::update(&mut h, &chunk[..n]);
+            read += n as u64;
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    anyhow::ensure!(rest.is_ok(), "{SERVE}: the transfer hangs after the thaw");
+    let sha = hex_lower(&sha2::Digest::finalize(h));
+    // Frozen for less than IdleTimeout (60 s): the transfer completes.
+    assert_eq!(
+        (read, sha.as_str()),
+        (big_len, big_sha.as_str()),
+        "{SERVE}: after the thaw ({:?})",
+        rest
+    );
+    figure(SERVE, "frozen for", thawed - frozen);
+    figure(
+        SERVE,
+        "after the thaw the transfer completed in",
+        thawed.elapsed(),
+    );
+
+    watch.finish()?;
+    mesh.stop()
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
