@@ -116,6 +116,11 @@ impl GrpcSecurity {
     /// Reads the files the keys name.
     pub fn load(&self) -> Result<Loaded, ConfigError> {
         let mut out = Loaded::default();
+        if !(self.GrpcTLSCertFile.trim().is_empty() && self.GrpcTLSCAFile.trim().is_empty()) {
+            // tonic's TLS takes the process's rustls provider; the build
+            // links two, so name one (the first call wins, which is fine).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         if !self.GrpcTLSCertFile.trim().is_empty() {
             let id = Identity::from_pem(
                 read("GrpcTLSCertFile", &self.GrpcTLSCertFile)?,

@@ -296,7 +296,11 @@ where
             rpc.grpc.status_code = tracing::field::Empty,
         );
         let _ = span.set_parent(extract(req.headers()));
-        let fut = self.inner.call(req);
+        // Inner layers open their spans in `call`: inside this one.
+        let fut = {
+            let _inside = span.enter();
+            self.inner.call(req)
+        };
         let record = span.clone();
         Box::pin(
             async move {

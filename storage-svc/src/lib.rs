@@ -23,6 +23,7 @@ pub mod client;
 pub mod compliance;
 pub mod external_server;
 pub mod hashing;
+pub mod observed;
 pub mod server;
 
 /// A stream of zip bytes (each item at most [`modmesh_proto::MAX_CHUNK`]).
@@ -251,8 +252,13 @@ pub trait Storage: Send + Sync + 'static {
 }
 
 /// Builds the backend named by `StorageType` in `cfg`.
+/// The backend comes wrapped in [`observed::Observed`] (spans and latency
+/// metrics by backend).
 pub fn from_config(cfg: &modmesh_common::Config) -> Result<Arc<dyn Storage>> {
-    backends::from_config(cfg)
+    Ok(observed::Observed::wrap(
+        backends::from_config(cfg)?,
+        &cfg.StorageType,
+    ))
 }
 
 /// go.sum hash of a go.mod file: `h1:` + base64(sha256("`<sha256 hex>`  go.mod\n")).

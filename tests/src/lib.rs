@@ -13,6 +13,8 @@
 //! - [`chains`]: package resolution through `GOPROXY` lists (nested and
 //!   sub-directory packages, an unreachable `direct`, the real upstream).
 //! - [`dbs`]: real PostgreSQL and MariaDB servers on loopback.
+//! - [`obs`]: an OTLP trace receiver, test certificates, the mesh with
+//!   extra environment (traces, metrics, TLS).
 
 #![warn(missing_docs)]
 
@@ -21,6 +23,7 @@ pub mod dbs;
 pub mod fixtures;
 pub mod goclient;
 pub mod http;
+pub mod obs;
 pub mod private;
 pub mod procs;
 pub mod server;
