@@ -13,11 +13,13 @@
 //! - [`chains`]: package resolution through `GOPROXY` lists (nested and
 //!   sub-directory packages, an unreachable `direct`, the real upstream).
 //! - [`dbs`]: real PostgreSQL and MariaDB servers on loopback.
+//! - [`benchsec`]: sections of the benchmark harness (tracing overhead).
 //! - [`obs`]: an OTLP trace receiver, test certificates, the mesh with
 //!   extra environment (traces, metrics, TLS).
 
 #![warn(missing_docs)]
 
+pub mod benchsec;
 pub mod chains;
 pub mod dbs;
 pub mod fixtures;

@@ -413,6 +413,10 @@ async fn main() -> Result<()> {
 
     gw.stop()?;
     mesh.stop()?;
+    println!(
+        "{}",
+        modmesh_tests::benchsec::tracing::run(dir, args.seconds, args.concurrency).await?
+    );
     eprintln!("bench done in {:.0} s", total.elapsed().as_secs_f64());
     Ok(())
 }

@@ -1,0 +1,3 @@
+//! Sections of the benchmark harness (`src/bin/bench.rs`), one module each.
+
+pub mod tracing;
