@@ -50,8 +50,13 @@ pub fn from_headers(headers: &http::HeaderMap) -> Option<String> {
         .find_map(sanitize)
 }
 
-/// A tonic client interceptor that sends the current request id.
+/// A tonic client interceptor that sends the current request id (the one
+/// interceptor of every client of the mesh: it also sends the trace context,
+/// [`crate::telemetry::inject`], and the token, [`crate::security::attach_token`],
+/// when those are on).
 pub fn propagate(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    crate::telemetry::inject(&mut req);
+    crate::security::attach_token(&mut req);
     if let Some(id) = current() {
         if let Ok(v) = id.parse() {
             req.metadata_mut().insert(HEADER, v);

@@ -13,11 +13,20 @@ pub fn fail(component: &str, code: i32, err: impl std::fmt::Display) -> ! {
 }
 
 /// Loads the configuration from this process's arguments and environment
-/// and starts logging; a configuration error exits 2.
+/// and starts logging, traces ([`crate::telemetry`]), metrics
+/// ([`crate::metrics`]) and the gRPC hops' TLS and token
+/// ([`crate::security`]); a configuration error exits 2. Must run inside a
+/// tokio runtime.
 pub fn start(component: &str) -> Config {
     let args: Vec<String> = std::env::args().collect();
     let cfg = Config::from_args_and_env(&args).unwrap_or_else(|e| fail(component, 2, e));
-    crate::logging::init(&cfg.LogLevel, &cfg.LogFormat);
+    let traces: crate::telemetry::TraceConfig =
+        cfg.section().unwrap_or_else(|e| fail(component, 2, e));
+    let tracer =
+        crate::telemetry::init(&traces, component).unwrap_or_else(|e| fail(component, 2, e));
+    crate::logging::init_traced(&cfg.LogLevel, &cfg.LogFormat, tracer);
+    crate::metrics::init(&cfg).unwrap_or_else(|e| fail(component, 2, e));
+    crate::security::init(&cfg).unwrap_or_else(|e| fail(component, 2, e));
     cfg
 }
 

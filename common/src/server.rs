@@ -1,5 +1,7 @@
 //! One way to serve gRPC for every service: the service's routes plus
-//! `grpc.health.v1`, server reflection, and the request-id layer.
+//! `grpc.health.v1`, server reflection, the request-id layer, `GET /metrics`
+//! (HTTP/1.1 on the same port), and, when configured, TLS, the token check
+//! and the trace context of the caller.
 
 use crate::request_id::RequestIdLayer;
 use std::future::Future;
@@ -35,9 +37,23 @@ pub async fn serve_grpc(
     tracing::info!(?addr, component, "serving gRPC");
     // No Nagle delay: small frames (headers, last chunks) go out at once.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    // TLS (and mTLS) when GrpcTLSCertFile is set (crate::security).
+    if let Some(tls) = crate::security::server_tls() {
+        builder = builder.tls_config(tls)?;
+    }
+    // HTTP/1.1 too, for GET /metrics beside gRPC (crate::metrics).
+    let routes = crate::metrics::with_route(routes);
+    builder
+        .accept_http1(true)
         .initial_stream_window_size(WINDOW)
         .initial_connection_window_size(4 * WINDOW)
+        // The caller's trace context (crate::telemetry) and the token check
+        // (crate::security), each only when configured.
+        .layer(tower::util::option_layer(crate::telemetry::server_layer(
+            component,
+        )))
+        .layer(tower::util::option_layer(crate::security::token_layer()))
         .layer(RequestIdLayer::new(component))
         .add_routes(routes)
         .add_service(health)
@@ -66,9 +82,21 @@ pub fn channel_with_timeout(
     url: &str,
     call_timeout: std::time::Duration,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    // TLS for https:// URLs (crate::security), checked once here; every
+    // replica's endpoint then gets the same settings, verified against the
+    // URL's host name (not the address dialled).
+    crate::security::secure_endpoint(
+        url,
+        tonic::transport::Endpoint::from_shared(url.to_string())?,
+    )?;
+    let url_owned = url.to_string();
     crate::balance::balanced_channel(
         url,
-        move |endpoint| endpoint_settings(endpoint, call_timeout),
+        move |endpoint| {
+            let endpoint =
+                crate::security::secure_endpoint(&url_owned, endpoint.clone()).unwrap_or(endpoint);
+            endpoint_settings(endpoint, call_timeout)
+        },
         crate::balance::DEFAULT_REFRESH,
         crate::balance::dns(),
     )

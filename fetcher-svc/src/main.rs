@@ -44,4 +44,5 @@ async fn main() {
     .await
     .unwrap_or_else(|e| run::fail(NAME, 1, e));
     tracing::info!("fetcher-svc stopped");
+    modmesh_common::telemetry::shutdown();
 }

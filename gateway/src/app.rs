@@ -247,6 +247,12 @@ pub fn router(state: AppState) -> Router {
                 .layer(tower::timeout::TimeoutLayer::new(backstop)),
         );
     crate::edge::compose(routes, state)
+        // Prometheus metrics, on the root path whatever PathPrefix is (as in Athens).
+        .route(
+            "/metrics",
+            get(|| async { modmesh_common::metrics::response() }),
+        )
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(request_id::RequestIdLayer::new("gateway"))
+        .layer(axum::middleware::from_fn(crate::observe::observe))
 }

@@ -15,6 +15,7 @@ pub mod app;
 pub mod edge;
 pub mod error;
 pub mod modes;
+pub mod observe;
 pub mod route;
 pub mod service;
 pub mod sumdb;

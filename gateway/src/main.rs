@@ -58,4 +58,5 @@ async fn main() {
         let _ = s.await;
     }
     tracing::info!("gateway stopped");
+    modmesh_common::telemetry::shutdown();
 }

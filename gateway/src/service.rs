@@ -45,6 +45,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 /// The gateway's own keys (top level of the config file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -468,7 +469,12 @@ impl ModuleService {
             .get(key, async move {
                 let f = &this.inner.services.fetcher;
                 let _slot = this.slot(deadline).await?;
-                match k {
+                let started = Instant::now();
+                let kind = match &k {
+                    QueryKey::List(_) => "list",
+                    QueryKey::Query(_) => "query",
+                };
+                let answer = match k {
                     QueryKey::List(m) => deadline
                         .run("upstream list", f.list(&m))
                         .await
@@ -477,8 +483,13 @@ impl ModuleService {
                         .run("upstream query", f.query(&c))
                         .await
                         .map(QueryValue::Info),
-                }
-                .map_err(Error::from_upstream)
+                };
+                let result = if answer.is_ok() { "ok" } else { "error" };
+                metrics::counter!("modmesh_upstream_fetches_total", "kind" => kind, "result" => result)
+                    .increment(1);
+                metrics::histogram!("modmesh_upstream_fetch_duration_seconds", "kind" => kind)
+                    .record(started.elapsed().as_secs_f64());
+                answer.map_err(Error::from_upstream)
             })
             .await
     }
@@ -529,11 +540,14 @@ impl ModuleService {
                 // The fetch goes on in its own task; a later request finds it.
                 let this = self.clone();
                 let key = c.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = this.ensure(&key).await {
-                        tracing::warn!(c = %key, error = %e, "background fetch failed");
+                tokio::spawn(
+                    async move {
+                        if let Err(e) = this.ensure(&key).await {
+                            tracing::warn!(c = %key, error = %e, "background fetch failed");
+                        }
                     }
-                });
+                    .instrument(tracing::Span::current()),
+                );
                 return if mode == Mode::Async {
                     Err(Error::not_found(format!(
                         "{c}: not stored yet; fetching it in the background, ask again soon"
@@ -560,7 +574,10 @@ impl ModuleService {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             match map.get(c) {
-                Some(f) => f.clone(),
+                Some(f) => {
+                    metrics::counter!("modmesh_single_flight_waits_total").increment(1);
+                    f.clone()
+                }
                 None => {
                     let this = self.clone();
                     let key = c.clone();
@@ -570,10 +587,15 @@ impl ModuleService {
                         inner: self.inner.clone(),
                         key: key.clone(),
                     };
-                    let task = tokio::spawn(request_id::scope(rid, async move {
-                        let _entry = entry;
-                        this.fetch_once(&key, deadline).await
-                    }));
+                    // The flight's task stays in the trace of the request that started it.
+                    let span = tracing::info_span!("gateway.fetch", module = %key);
+                    let task = tokio::spawn(
+                        request_id::scope(rid, async move {
+                            let _entry = entry;
+                            this.fetch_once(&key, deadline).await
+                        })
+                        .instrument(span),
+                    );
                     let f: Flight = async move {
                         task.await.unwrap_or_else(|e| {
                             Err(Error::internal(format!("fetch task failed: {e}")))
@@ -606,8 +628,12 @@ impl ModuleService {
                 tracing::debug!(%c, "stored by another holder while waiting");
                 return Ok(());
             }
+            let download = Instant::now();
             let fetched = tokio::select! {
                 r = deadline.run("upstream download", s.fetcher.download(c)) => {
+                    let result = if r.is_ok() { "ok" } else { "error" };
+                    metrics::counter!("modmesh_upstream_fetches_total", "kind" => "download", "result" => result).increment(1);
+                    metrics::histogram!("modmesh_upstream_fetch_duration_seconds", "kind" => "download").record(download.elapsed().as_secs_f64());
                     r.map_err(Error::from_upstream)?
                 }
                 _ = guard.lost() => {
@@ -712,7 +738,10 @@ impl QueryCache {
         key: QueryKey,
         ask: impl std::future::Future<Output = QueryAnswer> + Send + 'static,
     ) -> QueryAnswer {
-        let answer = self.cache.get_with(key.clone(), ask).await;
+        let entry = self.cache.entry(key.clone()).or_insert_with(ask).await;
+        let result = if entry.is_fresh() { "miss" } else { "hit" };
+        metrics::counter!("modmesh_query_cache_total", "result" => result).increment(1);
+        let answer = entry.into_value();
         if matches!(&answer, Err(e) if !(e.is(ErrorKind::NotFound) || e.is(ErrorKind::Gone))) {
             self.cache.invalidate(&key).await;
         }

@@ -35,4 +35,5 @@ async fn main() {
         .await
         .unwrap_or_else(|e| run::fail(NAME, 1, e));
     tracing::info!("lock-svc stopped");
+    modmesh_common::telemetry::shutdown();
 }

@@ -116,10 +116,16 @@ impl pb::lock_server::Lock for LockService {
         let ttl = Duration::from_millis(r.ttl_ms).min(MAX_TTL);
         let wait = Duration::from_millis(r.wait_ms).min(MAX_WAIT);
         crate::validate_acquire(&r.key, ttl)?;
+        let started = std::time::Instant::now();
         let lease = tokio::select! {
             // A grant that is ready wins over a shutdown that is too.
             biased;
-            res = self.lock.acquire(&r.key, ttl, wait) => res?,
+            res = self.lock.acquire(&r.key, ttl, wait) => {
+                let result = if res.is_ok() { "granted" } else { "error" };
+                metrics::counter!("modmesh_lock_acquires_total", "result" => result).increment(1);
+                metrics::histogram!("modmesh_lock_wait_seconds").record(started.elapsed().as_secs_f64());
+                res?
+            }
             _ = self.stop.cancelled() => {
                 return Err(Error::unavailable("lock service is shutting down").into());
             }

@@ -23,6 +23,7 @@ pub mod client;
 pub mod compliance;
 pub mod external_server;
 pub mod hashing;
+pub mod observed;
 pub mod server;
 pub mod watch;
 
@@ -257,9 +258,14 @@ pub trait Storage: Send + Sync + 'static {
 }
 
 /// Builds the backend named by `StorageType` in `cfg`.
-/// Deletions through it are announced to [`Storage::watch_deletes`].
+/// The backend comes wrapped in [`observed::Observed`] (spans and latency
+/// metrics by backend), and deletions through it are announced to
+/// [`Storage::watch_deletes`].
 pub fn from_config(cfg: &modmesh_common::Config) -> Result<Arc<dyn Storage>> {
-    Ok(Arc::new(watch::Watched::new(backends::from_config(cfg)?)))
+    Ok(Arc::new(watch::Watched::new(observed::Observed::wrap(
+        backends::from_config(cfg)?,
+        &cfg.StorageType,
+    ))))
 }
 
 /// go.sum hash of a go.mod file: `h1:` + base64(sha256("`<sha256 hex>`  go.mod\n")).

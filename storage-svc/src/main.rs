@@ -54,4 +54,5 @@ async fn main() {
         }
     }
     tracing::info!("storage-svc stopped");
+    modmesh_common::telemetry::shutdown();
 }

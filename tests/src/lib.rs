@@ -13,13 +13,15 @@
 //! - [`chains`]: package resolution through `GOPROXY` lists (nested and
 //!   sub-directory packages, an unreachable `direct`, the real upstream).
 //! - [`dbs`]: real PostgreSQL and MariaDB servers on loopback.
-//! - [`benchsec`]: sections of the benchmark harness (the cold real graph;
+//! - [`benchsec`]: sections of the benchmark harness (the cold real graph, tracing overhead;
 //!   with feature `servers`, object stores and lock drivers).
 //! - `objstores` (feature `servers`): a fresh bucket on each real object
 //!   store (S3 on s3s-fs and moto, MinIO, GCS, Azure Blob, Mongo), its
 //!   storage-svc environment and a plain listing of what it holds.
 //! - `lockservers` (feature `servers`): each shared lock driver's real
 //!   server and lock-svc environment.
+//! - [`obs`]: an OTLP trace receiver, test certificates, the mesh with
+//!   extra environment (traces, metrics, TLS).
 
 #![warn(missing_docs)]
 
@@ -33,6 +35,7 @@ pub mod http;
 pub mod lockservers;
 #[cfg(feature = "servers")]
 pub mod objstores;
+pub mod obs;
 pub mod private;
 pub mod procs;
 pub mod server;

@@ -25,7 +25,8 @@ pub enum Store {
 }
 
 impl Store {
-    fn env(&self) -> Vec<(String, String)> {
+    /// The environment that configures this store.
+    pub fn env(&self) -> Vec<(String, String)> {
         match self {
             Store::Memory => vec![("ATHENS_STORAGE_TYPE".into(), "memory".into())],
             Store::Disk(root) => vec![

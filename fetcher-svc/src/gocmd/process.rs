@@ -38,10 +38,71 @@ pub(crate) enum RunError {
     Wait(std::io::Error),
 }
 
+/// Counts a running go process down when its run ends or is dropped.
+struct Running(metrics::Gauge);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 /// Spawns `cmd` (which must be set up with `process_group(0)` and piped
 /// stdout/stderr), reads its output and waits for it within `timeout`.
 /// Dropping the returned future kills the group.
+///
+/// Each run is a span `go` (its arguments and exit status) and counts in
+/// `modmesh_go_processes_running`, `modmesh_go_processes_total{outcome}` and
+/// `modmesh_go_process_duration_seconds`.
 pub(crate) async fn run(
+    cmd: Command,
+    timeout: Duration,
+    label: &str,
+    spawned: impl FnOnce(i32),
+) -> std::result::Result<GoOutput, RunError> {
+    use tracing::Instrument;
+    let std_cmd = cmd.as_std();
+    let args: Vec<String> = std::iter::once(std_cmd.get_program())
+        .chain(std_cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let span = tracing::info_span!(
+        "go",
+        otel.name = %format!("go {label}"),
+        process.command_args = %args.join(" "),
+        process.exit_code = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    let gauge = metrics::gauge!("modmesh_go_processes_running");
+    gauge.increment(1.0);
+    let running = Running(gauge);
+    let started = Instant::now();
+    let out = supervise(cmd, timeout, label, spawned)
+        .instrument(span.clone())
+        .await;
+    drop(running);
+    let outcome = match &out {
+        Ok(o) => {
+            if let Some(code) = o.status.code() {
+                span.record("process.exit_code", code);
+            }
+            if o.status.success() {
+                "ok"
+            } else {
+                "failed"
+            }
+        }
+        Err(RunError::TimedOut) => "timeout",
+        Err(_) => "error",
+    };
+    span.record("outcome", outcome);
+    metrics::counter!("modmesh_go_processes_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("modmesh_go_process_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+    out
+}
+
+async fn supervise(
     mut cmd: Command,
     timeout: Duration,
     label: &str,

@@ -5,3 +5,4 @@
 pub mod coldgraph;
 #[cfg(feature = "servers")]
 pub mod objstore;
+pub mod tracing;

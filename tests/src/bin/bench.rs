@@ -14,7 +14,7 @@
 //! `big` (peak RSS while 4 clients download a big zip), `queries` (cached
 //! `list`/`@latest`, and 1,000 concurrent requests for 100 unknown modules),
 //! `coldgraph` (a real dependency graph with fresh caches: direct, embedded,
-//! mesh, Athens) and, built with `--features servers`, `objstore` (storage-svc
+//! mesh, Athens), `tracing` (warm `.info` with traces on and off) and, built with `--features servers`, `objstore` (storage-svc
 //! on s3 against disk; a cold miss with each lock driver). Progress goes to
 //! stderr, the markdown report to stdout.
 
@@ -35,7 +35,7 @@ use modmesh_tests::fixtures::{self, ProxyDir};
 use modmesh_tests::server::StaticServer;
 
 /// The sections, in the order they run.
-const SECTIONS: &[&str] = &["warm", "big", "queries", "coldgraph", "objstore"];
+const SECTIONS: &[&str] = &["warm", "big", "queries", "coldgraph", "objstore", "tracing"];
 
 /// The version every bench module is published at.
 pub const V1: &str = "v1.0.0";
@@ -217,6 +217,13 @@ async fn main() -> Result<()> {
         println!(
             "{}",
             modmesh_tests::benchsec::coldgraph::run(&ctx.dir.join("coldgraph"), 2).await?
+        );
+    }
+    if ctx.wants("tracing") {
+        println!(
+            "{}",
+            modmesh_tests::benchsec::tracing::run(&ctx.dir, ctx.args.seconds, ctx.args.concurrency)
+                .await?
         );
     }
     #[cfg(feature = "servers")]
