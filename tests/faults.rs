@@ -190,8 +190,14 @@ fn temporaries(store: &Path) -> Vec<PathBuf> {
 }
 
 /// The mesh, its gateways restarted with `Timeout` = [`GATEWAY_TIMEOUT`].
+/// Its fetchers run the go command (`FetcherMode=gocmd`, the path of
+/// `direct` and VCS upstreams), whose processes and job directories are
+/// what a killed fetcher could leave behind; the native fetcher keeps its
+/// spool in an unnamed file, which dies with it.
 async fn start_mesh(dir: &Path, store: &Store, upstream: &str, n: usize) -> Result<Mesh> {
-    let mut mesh = Mesh::start(dir, store, upstream, n).await?;
+    let mut mesh =
+        Mesh::start_with_fetcher_env(dir, store, upstream, n, &[("ATHENS_FETCHER_MODE", "gocmd")])
+            .await?;
     for g in &mut mesh.gateways {
         g.spec.set("ATHENS_TIMEOUT", GATEWAY_TIMEOUT);
         restart_gateway(g).await?;
