@@ -146,6 +146,8 @@ async fn traces_metrics_and_token_across_the_mesh() -> Result<()> {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &rx.url),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
             ("ATHENS_GRPC_TOKEN", TOKEN),
+            // The go command fetches, so the go process is in the trace.
+            ("ATHENS_FETCHER_MODE", "gocmd"),
         ]),
         "http",
     )
@@ -278,7 +280,9 @@ async fn traces_metrics_and_token_across_the_mesh() -> Result<()> {
             &storage,
             "modmesh_storage_call_duration_seconds",
             &[("backend", "disk"), ("method", "info")]
-        ) >= 4.0
+        ) >= 2.0,
+        // At least the miss and the read after the fetch; the warm requests
+        // are answered by the gateway's own tier.
     );
     let lock = scrape(&metrics_of(&mesh.lock.spec.addr)).await?;
     ensure!(
