@@ -93,7 +93,8 @@ fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
     f64::from(sorted_us[i]) / 1000.0
 }
 
-/// Warm `.info` and 1 MiB `.zip` through one mesh gateway on `store`.
+/// Warm `.info` and 1 MiB `.zip` through one mesh gateway on `store`, its
+/// tier off so that every request reaches storage-svc and its backend.
 async fn warm_pair(
     dir: &Path,
     store: &Store,
@@ -101,7 +102,14 @@ async fn warm_pair(
     seconds: u64,
     conc: usize,
 ) -> Result<(Load, Load)> {
-    let mut mesh = Mesh::start(dir, store, upstream, 1).await?;
+    let mut mesh = Mesh::start_with_gateway_env(
+        dir,
+        store,
+        upstream,
+        1,
+        &[("ATHENS_TIER_MEMORY_BYTES", "0")],
+    )
+    .await?;
     let gw = mesh.gateways[0].url();
     let addr: SocketAddr = mesh.gateways[0].spec.addr.parse()?;
     for ext in ["info", "mod", "zip"] {
