@@ -14,11 +14,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 
+use super::load::{builtin, percentile_ms, Load};
 use crate::fixtures::{url_path, ProxyDir};
 use crate::http::get_sha256;
 use crate::lockservers::{lock_env, Driver};
@@ -29,69 +27,6 @@ use crate::topology::{Mesh, SharedLockMesh, Store};
 const ONE_MEG: &str = "example.com/objbench/onemeg";
 const COLD: &str = "example.com/objbench/cold";
 const V1: &str = "v1.0.0";
-
-/// One closed-loop measurement.
-#[derive(Debug, Clone, Copy)]
-struct Load {
-    rps: f64,
-    p99_ms: f64,
-    errors: u64,
-}
-
-/// `conc` keep-alive clients GET `path` from `addr` back to back for `dur`.
-async fn load(addr: SocketAddr, path: &str, conc: usize, dur: Duration) -> Result<Load> {
-    let start = Instant::now();
-    let deadline = start + dur;
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..conc {
-        let path = path.to_string();
-        tasks.spawn(async move {
-            let stream = tokio::net::TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(conn);
-            let (mut lat, mut errors) = (Vec::with_capacity(4096), 0u64);
-            while Instant::now() < deadline {
-                let req = Request::get(path.as_str())
-                    .header(hyper::header::HOST, addr.to_string())
-                    .body(Empty::<Bytes>::new())?;
-                let t = Instant::now();
-                let resp = sender.send_request(req).await?;
-                let ok = resp.status() == StatusCode::OK;
-                resp.into_body().collect().await?;
-                if ok {
-                    lat.push(t.elapsed().as_micros() as u32);
-                } else {
-                    errors += 1;
-                }
-            }
-            anyhow::Ok((lat, errors))
-        });
-    }
-    let (mut all, mut errors) = (Vec::new(), 0u64);
-    while let Some(r) = tasks.join_next().await {
-        let (lat, e) = r??;
-        all.extend(lat);
-        errors += e;
-    }
-    let secs = start.elapsed().as_secs_f64();
-    all.sort_unstable();
-    Ok(Load {
-        rps: all.len() as f64 / secs,
-        p99_ms: percentile_ms(&all, 0.99),
-        errors,
-    })
-}
-
-/// The `p` percentile of sorted microseconds, in ms.
-fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted_us.len() as f64 * p).ceil() as usize).clamp(1, sorted_us.len()) - 1;
-    f64::from(sorted_us[i]) / 1000.0
-}
 
 /// Warm `.info` and 1 MiB `.zip` through one mesh gateway on `store`, its
 /// tier off so that every request reaches storage-svc and its backend.
@@ -117,8 +52,8 @@ async fn warm_pair(
         ensure!(s == StatusCode::OK, "warming {ext}: {s}");
     }
     let dur = Duration::from_secs(seconds);
-    let info = load(addr, &url_path(ONE_MEG, V1, "info"), conc, dur).await?;
-    let zip = load(addr, &url_path(ONE_MEG, V1, "zip"), conc, dur).await?;
+    let info = builtin(addr, &url_path(ONE_MEG, V1, "info"), conc, dur).await?;
+    let zip = builtin(addr, &url_path(ONE_MEG, V1, "zip"), conc, dur).await?;
     mesh.stop()?;
     Ok((info, zip))
 }

@@ -5,51 +5,21 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
 
+use super::load::builtin;
 use crate::fixtures::{self, url_path};
 use crate::obs::OtlpReceiver;
 use crate::server::StaticServer;
 use crate::topology::{embedded_spec, start_gateway, Store};
 
-/// Warm `.info` requests per second: `conc` keep-alive connections sending
-/// back to back for `dur`; requests that are not 200 fail the run.
+/// Warm `.info` requests per second; requests that are not 200 fail the run.
 async fn rps(addr: SocketAddr, path: &str, conc: usize, dur: Duration) -> Result<f64> {
-    let start = Instant::now();
-    let deadline = start + dur;
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..conc {
-        let path = path.to_string();
-        tasks.spawn(async move {
-            let stream = tokio::net::TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(conn);
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                let req = Request::get(path.as_str())
-                    .header(hyper::header::HOST, addr.to_string())
-                    .body(Empty::<Bytes>::new())?;
-                let resp = sender.send_request(req).await?;
-                ensure!(resp.status() == StatusCode::OK, "{path}: {}", resp.status());
-                resp.into_body().collect().await?;
-                n += 1;
-            }
-            anyhow::Ok(n)
-        });
-    }
-    let mut total = 0;
-    while let Some(r) = tasks.join_next().await {
-        total += r??;
-    }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    let l = builtin(addr, path, conc, dur).await?;
+    ensure!(l.errors == 0, "{path}: {} requests failed", l.errors);
+    Ok(l.rps)
 }
 
 /// Runs the section under `dir` (`seconds` of load per configuration, `conc`

@@ -18,8 +18,6 @@
 //! on s3 against disk; a cold miss with each lock driver). Progress goes to
 //! stderr, the markdown report to stdout.
 
-#[path = "bench/load.rs"]
-mod load;
 #[path = "bench/queries.rs"]
 mod queries;
 #[path = "bench/refs.rs"]
@@ -31,6 +29,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
+use modmesh_tests::benchsec::load;
 use modmesh_tests::fixtures::{self, ProxyDir};
 use modmesh_tests::server::StaticServer;
 

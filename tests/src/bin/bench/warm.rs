@@ -12,8 +12,8 @@ use modmesh_tests::http::get_sha256;
 use modmesh_tests::procs::{reset_hwm, vm_hwm_kib, Proc};
 use modmesh_tests::topology::{embedded_spec, start_gateway, Mesh, Store};
 
-use super::load::Load;
 use super::{Ctx, V1};
+use modmesh_tests::benchsec::load::Load;
 
 const ONE_MEG: &str = "example.com/onemeg";
 const BIG: &str = "example.com/big";

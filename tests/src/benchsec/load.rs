@@ -14,10 +14,15 @@ use hyper_util::rt::TokioIo;
 /// One closed-loop measurement.
 #[derive(Debug, Clone, Copy)]
 pub struct Load {
+    /// Completed requests per second.
     pub rps: f64,
+    /// Median latency.
     pub p50_ms: f64,
+    /// 99th-percentile latency.
     pub p99_ms: f64,
+    /// Body bytes per second, in MiB.
     pub mib_s: f64,
+    /// Failed requests (not 200, or a broken connection).
     pub errors: u64,
 }
 
@@ -39,6 +44,7 @@ impl Client {
         }
     }
 
+    /// What generates the load, for reports.
     pub fn name(&self) -> &'static str {
         match self {
             Client::Wrk(_) => "wrk -t2",
@@ -156,7 +162,7 @@ fn parse_wrk(text: &str) -> Result<Load> {
 
 /// `conc` connections, each sending `GET path` back to back over keep-alive
 /// for `dur`; latencies of every completed request.
-async fn builtin(addr: SocketAddr, path: &str, conc: usize, dur: Duration) -> Result<Load> {
+pub async fn builtin(addr: SocketAddr, path: &str, conc: usize, dur: Duration) -> Result<Load> {
     let start = Instant::now();
     let deadline = start + dur;
     let mut tasks = tokio::task::JoinSet::new();
@@ -211,20 +217,22 @@ async fn builtin(addr: SocketAddr, path: &str, conc: usize, dur: Duration) -> Re
     }
     let secs = start.elapsed().as_secs_f64();
     all.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if all.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1;
-        all[i] as f64 / 1000.0
-    };
     Ok(Load {
         rps: all.len() as f64 / secs,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
+        p50_ms: percentile_ms(&all, 0.50),
+        p99_ms: percentile_ms(&all, 0.99),
         mib_s: bytes as f64 / secs / (1 << 20) as f64,
         errors,
     })
+}
+
+/// The `p` percentile of sorted microseconds, in ms (NaN when empty).
+pub fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted_us.len() as f64 * p).ceil() as usize).clamp(1, sorted_us.len()) - 1;
+    f64::from(sorted_us[i]) / 1000.0
 }
 
 #[cfg(test)]
