@@ -32,7 +32,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// The deadline of one call to Azure.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -376,22 +375,7 @@ impl AzureBlobLock {
 impl Lock for AzureBlobLock {
     async fn acquire(&self, key: &str, ttl: Duration, wait: Duration) -> Result<Lease> {
         validate_acquire(key, ttl)?;
-        let deadline = Instant::now() + wait.min(Duration::from_secs(365 * 24 * 3600));
-        let mut pause = Duration::from_millis(25);
-        loop {
-            if let Some(lease) = self.try_acquire(key, ttl).await? {
-                tracing::debug!(key, lease = %lease.id, token = lease.token, "lock acquired");
-                return Ok(lease);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::timeout(format!(
-                    "lock {key:?} still held after waiting {wait:?}"
-                )));
-            }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(MAX_POLL);
-        }
+        super::poll_acquire(key, wait, MAX_POLL, || self.try_acquire(key, ttl)).await
     }
 
     async fn keep_alive(&self, lease: &Lease) -> Result<()> {

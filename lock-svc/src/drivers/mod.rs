@@ -43,6 +43,39 @@ pub const REGISTRY: &[(&str, Builder)] = &[
 ];
 
 /// A configuration error as an `Invalid` error (its message names the key).
+/// Waits for a lock on a server that cannot notify waiters (GCS, Azure):
+/// `try_once` until it yields a lease, pausing 25 ms doubling to `max_poll`
+/// between tries; `Timeout` once `wait` has passed.
+pub(crate) async fn poll_acquire<F, Fut>(
+    key: &str,
+    wait: std::time::Duration,
+    max_poll: std::time::Duration,
+    mut try_once: F,
+) -> Result<crate::Lease>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<crate::Lease>>>,
+{
+    use std::time::Duration;
+    use tokio::time::Instant;
+    let deadline = Instant::now() + wait.min(Duration::from_secs(365 * 24 * 3600));
+    let mut pause = Duration::from_millis(25);
+    loop {
+        if let Some(lease) = try_once().await? {
+            tracing::debug!(key, lease = %lease.id, token = lease.token, "lock acquired");
+            return Ok(lease);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::timeout(format!(
+                "lock {key:?} still held after waiting {wait:?}"
+            )));
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(max_poll);
+    }
+}
+
 pub(crate) fn config_error(e: modmesh_common::config::ConfigError) -> Error {
     Error::invalid(e.to_string())
 }
