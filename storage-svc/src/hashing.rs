@@ -104,6 +104,31 @@ pub fn tee(zip: ByteStream) -> Result<(ByteStream, Spool)> {
     ))
 }
 
+/// The h1 of a stored zip read back as `stream`: spooled to a temporary
+/// file (never whole in memory) and hashed off the async threads. `None` if
+/// the bytes are not a readable zip.
+pub async fn hash_zip_stream(mut stream: crate::ByteStream) -> Result<Option<String>> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let (file, path) = tempfile::Builder::new()
+        .prefix("modmesh-hash-zip-")
+        .tempfile()
+        .map_err(|e| Error::internal(format!("temporary file for hashing a zip: {e}")))?
+        .into_parts();
+    let mut file = tokio::fs::File::from_std(file);
+    while let Some(chunk) = stream.next().await {
+        file.write_all(&chunk?).await?;
+    }
+    file.flush().await?;
+    drop(file);
+    let p = path.to_path_buf();
+    let h = tokio::task::spawn_blocking(move || crate::zip_hash(&p).ok())
+        .await
+        .map_err(|e| Error::internal(format!("hashing task failed: {e}")))?;
+    drop(path);
+    Ok(h)
+}
+
 impl Spool {
     /// After the tee'd stream ended: checks the size and settles the hash
     /// (see [`settle`]). `Internal` if the stream did not end cleanly.

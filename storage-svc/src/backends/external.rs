@@ -187,27 +187,14 @@ impl ExternalStorage {
     async fn stat_from_bytes(&self, c: &Coordinates) -> Result<VersionStat> {
         let info = self.get_bytes(c, "info").await?;
         let go_mod = self.get_bytes(c, "mod").await?;
-        let mut zip = self.zip(c).await?;
-        let (file, path) = tempfile::Builder::new()
-            .prefix("modmesh-external-zip-")
-            .tempfile()
-            .map_err(|e| Error::internal(format!("temporary file for hashing a zip: {e}")))?
-            .into_parts();
-        let mut file = tokio::fs::File::from_std(file);
-        while let Some(chunk) = zip.stream.next().await {
-            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk?).await?;
-        }
-        tokio::io::AsyncWriteExt::flush(&mut file).await?;
-        drop(file);
-        let p = path.to_path_buf();
-        let zip_hash = tokio::task::spawn_blocking(move || crate::zip_hash(&p).ok())
-            .await
-            .map_err(|e| Error::internal(format!("hashing task failed: {e}")))?;
+        let zip = self.zip(c).await?;
+        let zip_size = zip.size;
+        let zip_hash = crate::hashing::hash_zip_stream(zip.stream).await?;
         Ok(VersionStat {
             coordinates: c.clone(),
             info_size: info.len() as u64,
             mod_size: go_mod.len() as u64,
-            zip_size: zip.size,
+            zip_size,
             stored_at_unix_ms: 0,
             zip_hash,
             mod_hash: crate::mod_hash(&go_mod),

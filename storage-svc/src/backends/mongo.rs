@@ -376,23 +376,8 @@ impl MongoStorage {
         if let Some(h) = self.lock_hashes().get(&key) {
             return Ok(h.clone());
         }
-        let mut reader = self.open_zip(c, d).await?;
-        let (file, path) = tempfile::Builder::new()
-            .prefix("modmesh-mongo-zip-")
-            .tempfile()
-            .map_err(|e| Error::internal(format!("temporary file for hashing a zip: {e}")))?
-            .into_parts();
-        let mut file = tokio::fs::File::from_std(file);
-        while let Some(chunk) = reader.stream.next().await {
-            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk?).await?;
-        }
-        tokio::io::AsyncWriteExt::flush(&mut file).await?;
-        drop(file);
-        let p = path.to_path_buf();
-        let h = tokio::task::spawn_blocking(move || crate::zip_hash(&p).ok())
-            .await
-            .map_err(|e| Error::internal(format!("hashing task failed: {e}")))?;
-        drop(path);
+        let reader = self.open_zip(c, d).await?;
+        let h = crate::hashing::hash_zip_stream(reader.stream).await?;
         let mut cache = self.lock_hashes();
         if cache.len() >= HASH_CACHE_MAX {
             cache.clear();
