@@ -20,5 +20,5 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 redis-server --version
-etcd --version | head -1
+etcd --version | sed -n 1p
 protoc --version

@@ -22,7 +22,7 @@ fi
 mkdir -p "$BIN_DIR"
 
 # --- FerretDB -----------------------------------------------------------------
-if [ -x "$BIN_DIR/ferretdb" ] && "$BIN_DIR/ferretdb" --version 2>/dev/null | grep -q "$FERRETDB_VERSION"; then
+if [ -x "$BIN_DIR/ferretdb" ] && "$BIN_DIR/ferretdb" --version 2>/dev/null | grep "$FERRETDB_VERSION" >/dev/null; then
   echo "ferretdb $FERRETDB_VERSION: present ($BIN_DIR/ferretdb)"
 else
   echo "ferretdb $FERRETDB_VERSION: building"
@@ -37,11 +37,11 @@ else
   mkdir -p "$work/src/build/version"
   printf '%s' "$FERRETDB_VERSION" > "$work/src/build/version/version.txt"
   (cd "$work/src" && GOFLAGS=-mod=mod go build -o "$BIN_DIR/ferretdb" ./cmd/ferretdb)
-  "$BIN_DIR/ferretdb" --version | head -3
+  "$BIN_DIR/ferretdb" --version | sed -n 1,3p
 fi
 
 # --- secantusdb ---------------------------------------------------------------
-if command -v secantusd-py >/dev/null 2>&1 && python3 -m pip show secantusdb 2>/dev/null | grep -q "^Version: $SECANTUS_VERSION\$"; then
+if command -v secantusd-py >/dev/null 2>&1 && python3 -m pip show secantusdb 2>/dev/null | grep "^Version: $SECANTUS_VERSION\$" >/dev/null; then
   echo "secantusdb $SECANTUS_VERSION: present"
 else
   echo "secantusdb $SECANTUS_VERSION: installing"

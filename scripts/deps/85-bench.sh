@@ -25,4 +25,4 @@ if [ ${#need[@]} -gt 0 ]; then
   [ -n "$policy_added" ] && $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 /usr/sbin/nginx -v
-command -v wrk >/dev/null && wrk --version 2>&1 | head -1 || true
+command -v wrk >/dev/null && wrk --version 2>&1 | sed -n 1p || true
