@@ -44,6 +44,8 @@ use tokio::sync::Semaphore;
 
 mod netrc;
 pub mod sumcheck;
+pub mod sumtree;
+pub mod tlog;
 pub mod zipcheck;
 
 /// The fetcher keys.
@@ -156,6 +158,8 @@ pub struct NativeFetcher {
     timeout: Duration,
     /// The client of the checksum database `GOSUMDB` names, made once.
     sumdb: tokio::sync::OnceCell<SumDbClient>,
+    /// The latest verified tree heads and the tiles of the databases.
+    trees: sumtree::TreeState,
 }
 
 impl std::fmt::Debug for NativeFetcher {
@@ -187,6 +191,7 @@ impl NativeFetcher {
             http,
             timeout,
             sumdb: tokio::sync::OnceCell::new(),
+            trees: sumtree::TreeState::default(),
         }
     }
 
@@ -658,10 +663,21 @@ impl NativeFetcher {
             .get_via(&db.name, &path, &proxies)
             .await
             .map_err(|e| Error::new(e.kind, format!("verifying {mv}: {}", e.message)))?;
-        let body = String::from_utf8_lossy(&body);
-        let (zip, go_mod) =
-            sumcheck::lookup_hashes(&body, &verifier, module.as_str(), version.as_str())
-                .map_err(|why| Error::permission(format!("verifying {mv}: {why}")))?;
+        let body = std::str::from_utf8(&body).map_err(|_| {
+            Error::permission(format!("verifying {mv}: the lookup answer is not UTF-8"))
+        })?;
+        let lookup = sumcheck::parse_lookup(body, &verifier)
+            .map_err(|why| Error::permission(format!("verifying {mv}: {why}")))?;
+        // The record must be in the tree its head signs, and the head on
+        // the timeline of those verified before.
+        let (name, proxies) = (db.name.as_str(), proxies.as_slice());
+        self.trees
+            .verify(name, &lookup, |path: String| async move {
+                client.get_via(name, &path, proxies).await
+            })
+            .await
+            .map_err(|e| Error::new(e.kind, format!("verifying {mv}: {}", e.message)))?;
+        let (zip, go_mod) = sumcheck::record_hashes(lookup.text, module.as_str(), version.as_str());
         Ok(Some(Records {
             db: db.name,
             zip,
