@@ -287,6 +287,30 @@ async fn the_log_code_agrees_with_the_go_tlog_package() {
         )
         .unwrap();
         assert_eq!(got, want, "record proof {n} in {t}");
+        // Every tile the proof reads is authenticated: a child tile too
+        // (for 300 records and record 5, the full first tile under the
+        // partial level-1 tile), so a flipped byte anywhere is refused.
+        let plan = HashRead::plan(
+            tree,
+            TILE_HEIGHT,
+            &tlog::record_proof_indexes(t, n).unwrap(),
+        )
+        .unwrap();
+        for bad in 0..plan.tiles().len() {
+            let data: Vec<Vec<u8>> = plan
+                .tiles()
+                .iter()
+                .enumerate()
+                .map(|(i, tl)| {
+                    let mut d = tiles[&tl.path()].clone();
+                    if i == bad {
+                        d[0] ^= 1;
+                    }
+                    d
+                })
+                .collect();
+            assert!(plan.finish(&data).is_err(), "record {n} in {t}: tile {bad}");
+        }
         let leaf = &leaves[n as usize];
         tlog::check_record(&got, t, &tree.hash, n, leaf).unwrap();
         // Another record, another position, a changed proof: refused.

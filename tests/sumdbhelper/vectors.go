@@ -100,7 +100,7 @@ func printVectors() {
 			}
 			v.Tiles[tile.Path()] = base64.StdEncoding.EncodeToString(data)
 		}
-		for _, n := range []int64{0, 1, 2, t / 2, 255, 256, t - 2, t - 1} {
+		for _, n := range []int64{0, 1, 2, 5, t / 2, 255, 256, t - 2, t - 1} {
 			if n < 0 || n >= t {
 				continue
 			}

@@ -15,7 +15,9 @@
 //! [`zipcheck::MAX_ZIP`], from `Content-Length` or while streaming), checks
 //! it against the module zip rules and computes its `h1:` hash while
 //! reading it back ([`zipcheck`]), and verifies both hashes against the
-//! checksum database `GOSUMDB` names ([`sumcheck`]) unless `GOSUMDB=off` or
+//! checksum database `GOSUMDB` names ([`sumcheck`]; the record proved in
+//! the signed tree and the head consistent with those seen before,
+//! [`sumtree`]) unless `GOSUMDB=off` or
 //! the module matches `GONOSUMDB`, `GOPRIVATE`, `GONOSUMCHECK` or
 //! `NoSumPatterns`. Only then is it saved (through [`Ingest`]); a module
 //! that fails a check is refused with `Permission` (403) and nothing is
