@@ -160,4 +160,26 @@ mod tests {
         .is_none());
         assert!(Verifier::for_gosumdb("other.example").is_none());
     }
+
+    #[test]
+    fn malformed_lookups_are_refused_before_any_proof() {
+        let v = Verifier::parse(DEFAULT_KEY).unwrap();
+        let note = "go.sum database tree\n2\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n\n\u{2014} sum.golang.org Az3grg==\n";
+        for body in [
+            "",
+            "x\nm v1 h1:a=\n\n",
+            "-1\nm v1 h1:a=\n\n",
+            "1\nm v1\th1:a=\n\n",
+        ] {
+            let e = parse_lookup(&format!("{body}{note}"), &v).unwrap_err();
+            assert!(e.contains("malformed"), "{body:?}: {e}");
+        }
+        // Well formed, but not signed by the key.
+        let e = parse_lookup(&format!("1\nm v1 h1:a=\n\n{note}"), &v).unwrap_err();
+        assert!(e.contains("signature") || e.contains("not signed"), "{e}");
+        assert_eq!(
+            record_hashes("m v1 h1:z=\nm v1/go.mod h1:g=\no v1 h1:o=\n", "m", "v1"),
+            (Some("h1:z=".into()), Some("h1:g=".into()))
+        );
+    }
 }
