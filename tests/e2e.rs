@@ -1830,7 +1830,9 @@ async fn native_fetcher_refuses_bad_modules_and_stores_nothing() -> Result<()> {
 /// record the signed tree does not hold (the database answers the right
 /// hashes, so only the proof can catch it) is refused with 403; then the
 /// database forks (same key, other history): heads larger and smaller than
-/// the one seen are refused with 403. Nothing refused is stored.
+/// the one seen are refused with 403. Nothing refused is stored. A fetcher
+/// that reaches the database only through a proxy's `/sumdb/` proves the
+/// same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_fetcher_proves_records_and_tree_heads() -> Result<()> {
     use futures::StreamExt;
@@ -1911,6 +1913,67 @@ async fn native_fetcher_proves_records_and_tree_heads() -> Result<()> {
         served.len()
     );
     lap(T, "41 modules proved in the tree", t);
+
+    // The same proofs through a proxy that serves the database: a second
+    // gateway whose fetcher has only the key (`GOSUMDB=<vkey>`, so it asks
+    // its GOPROXY's `/sumdb/<name>/`, the first gateway's, for the lookup
+    // and the tiles; `https://<name>` leads nowhere).
+    let mut spec = embedded_spec(
+        "gw-proofs-a",
+        w.tmp.path(),
+        &Store::Disk(w.tmp.path().join("store-a")),
+        &w.upstream.url(),
+    )?;
+    std::fs::create_dir_all(w.tmp.path().join("store-a"))?;
+    spec.set("ATHENS_SUM_DBS", db.url.clone());
+    let gw_a = start_gateway(spec).await?;
+    let mut spec = embedded_spec(
+        "gw-proofs-b",
+        w.tmp.path(),
+        &Store::Disk(w.tmp.path().join("store-b")),
+        &gw_a.url(),
+    )?;
+    std::fs::create_dir_all(w.tmp.path().join("store-b"))?;
+    spec.set(
+        "ATHENS_GO_BINARY_ENV_VARS",
+        format!("GOPROXY={};GOSUMDB={}", gw_a.url(), db.vkey),
+    );
+    spec.set("ATHENS_FETCHER_MODE", "native");
+    let gw_b = start_gateway(spec).await?;
+    let r = get(&format!(
+        "{}{}",
+        gw_b.url(),
+        url_path(PSEUDO, PSEUDO_V, "zip")
+    ))
+    .await?;
+    ensure!(
+        r.status == StatusCode::OK,
+        "through the proxy: {} {}\n{}",
+        r.status,
+        r.text(),
+        gw_b.log_tail(3000)
+    );
+    let via: u64 = db.tiles_served().await?.iter().map(|(n, _)| n).sum();
+    ensure!(
+        via > asked,
+        "no tile was asked through the proxy ({via} tiles in all)"
+    );
+    // A forged record is caught through the proxy too.
+    let r = get(&format!(
+        "{}{}",
+        gw_b.url(),
+        url_path(BASE, "v1.0.0", "zip")
+    ))
+    .await?;
+    ensure!(
+        r.status == StatusCode::FORBIDDEN && r.text().contains("cannot authenticate record data"),
+        "forged record through the proxy: {} {}",
+        r.status,
+        r.text()
+    );
+    drop(gw_b);
+    drop(gw_a);
+    lap(T, "proved through a proxy serving the database", t);
 
     // (b) A record the signed tree does not hold.
     let before = tree(&w.store)?;
