@@ -55,10 +55,22 @@ type TileKey = (String, Tile);
 /// What one verification read: the tiles (saved once it succeeds) and the
 /// fetches it started (forgotten when it ends, so lookups at the same time
 /// share their data until the tiles are cached or refused).
-#[derive(Default)]
-struct Fetched {
+/// The fetches are forgotten on drop, also when the lookup is abandoned.
+struct Fetched<'a> {
+    inflight: &'a Mutex<HashMap<TileKey, Inflight>>,
     tiles: Vec<(Tile, Bytes)>,
     cells: Vec<(TileKey, Inflight)>,
+}
+
+impl Drop for Fetched<'_> {
+    fn drop(&mut self) {
+        let mut inflight = lock(self.inflight);
+        for (key, cell) in self.cells.drain(..) {
+            if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                inflight.remove(&key);
+            }
+        }
+    }
 }
 
 impl TreeState {
@@ -100,18 +112,16 @@ impl TreeState {
         F: Fn(String) -> Fut,
         Fut: Future<Output = Result<Bytes>>,
     {
-        let mut fetched = Fetched::default();
+        let mut fetched = Fetched {
+            inflight: &self.inflight,
+            tiles: Vec::new(),
+            cells: Vec::new(),
+        };
         let r = self.verify_in(db, lookup, &fetch, &mut fetched).await;
         if r.is_ok() {
             let mut cache = lock(&self.cache);
-            for (t, data) in fetched.tiles {
+            for (t, data) in fetched.tiles.drain(..) {
                 cache.put(db, t, data);
-            }
-        }
-        let mut inflight = lock(&self.inflight);
-        for (key, cell) in fetched.cells {
-            if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                inflight.remove(&key);
             }
         }
         r
@@ -122,7 +132,7 @@ impl TreeState {
         db: &str,
         lookup: &Lookup<'_>,
         fetch: &F,
-        fetched: &mut Fetched,
+        fetched: &mut Fetched<'_>,
     ) -> Result<()>
     where
         F: Fn(String) -> Fut,
@@ -162,7 +172,7 @@ impl TreeState {
         db: &str,
         lookup: &Lookup<'_>,
         fetch: &F,
-        fetched: &mut Fetched,
+        fetched: &mut Fetched<'_>,
     ) -> Result<()>
     where
         F: Fn(String) -> Fut,
@@ -209,7 +219,7 @@ impl TreeState {
         (older, older_note): (Tree, &str),
         (newer, newer_note): (Tree, &str),
         fetch: &F,
-        fetched: &mut Fetched,
+        fetched: &mut Fetched<'_>,
     ) -> Result<()>
     where
         F: Fn(String) -> Fut,
@@ -257,7 +267,7 @@ impl TreeState {
         tree: Tree,
         indexes: &[i64],
         fetch: &F,
-        fetched: &mut Fetched,
+        fetched: &mut Fetched<'_>,
     ) -> Result<Vec<Hash>>
     where
         F: Fn(String) -> Fut,

@@ -510,14 +510,16 @@ impl Tree {
     }
 
     /// Parses a signed note's text: `go.sum database tree\n<N>\n<hash>\n`
-    /// (further lines ignored).
+    /// (further lines ignored; N below 2^50).
     pub fn parse(text: &str) -> Option<Tree> {
         let rest = text.strip_prefix("go.sum database tree\n")?;
         let mut lines = rest.splitn(3, '\n');
         let n_s = lines.next()?;
         let h_s = lines.next()?;
         lines.next()?;
-        let n: i64 = n_s.parse().ok().filter(|n| *n >= 0)?;
+        // Sizes past 2^50 records are refused: no log is that large, and
+        // the index arithmetic stays far from overflowing.
+        let n: i64 = n_s.parse().ok().filter(|n| (0..1 << 50).contains(n))?;
         if n.to_string() != n_s || text.len() > 1_000_000 {
             return None;
         }
@@ -689,6 +691,23 @@ mod tests {
             format_hash(&empty_hash()),
             "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
         );
+    }
+
+    #[test]
+    fn tree_notes() {
+        let h = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+        let t = Tree::parse(&format!("go.sum database tree\n5\n{h}\nmore\n")).unwrap();
+        assert_eq!((t.n, t.hash), (5, empty_hash()));
+        for bad in [
+            format!("go.sum database tree\n05\n{h}\n"),
+            format!("go.sum database tree\n-1\n{h}\n"),
+            format!("go.sum database tree\n{}\n{h}\n", 1i64 << 50),
+            format!("go.sum database tree\n5\n{h}"),
+            format!("other tree\n5\n{h}\n"),
+            "go.sum database tree\n5\nAAAA\n".to_string(),
+        ] {
+            assert_eq!(Tree::parse(&bad), None, "{bad:?}");
+        }
     }
 
     #[test]
