@@ -346,3 +346,78 @@ async fn the_log_code_agrees_with_the_go_tlog_package() {
     }
     assert!(checked > 200, "{checked} proofs");
 }
+
+/// The tree checks of one fetcher process against the tests' real signed
+/// database (300 made-up records): a lookup is proved from tiles, the same
+/// and a neighbouring record again from the cache alone; a record text
+/// changed under its signed head is refused; after the database forks
+/// (same key, another history), its smaller head is refused and the latest
+/// head stays the one verified.
+#[tokio::test]
+async fn lookups_are_proved_from_cached_tiles_and_forks_refused() {
+    use modmesh_fetcher::native::sumcheck::{parse_lookup, Verifier};
+    use modmesh_fetcher::native::sumtree::TreeState;
+    if modmesh_test_support::find_program("go").is_none() {
+        modmesh_test_support::skip("go is not installed", "scripts/deps/60-sumdb.sh");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let db = modmesh_tests::sumdb::TestSumDb::start_with(root.path(), &["-pad", "300"])
+        .await
+        .unwrap();
+    let verifier = Verifier::parse(&db.vkey).unwrap();
+    let sumdb = SumDb::from_url(&db.url).unwrap();
+    let client = SumDbClient::new(vec![sumdb.clone()], Duration::from_secs(10));
+    let name = sumdb.name.as_str();
+    let fetch = |path: String| {
+        let client = &client;
+        async move { client.get(name, &path).await }
+    };
+    let state = TreeState::default();
+    let lookup = |path: &'static str| {
+        let client = &client;
+        async move {
+            let body = client.get(name, path).await.unwrap();
+            String::from_utf8(body.to_vec()).unwrap()
+        }
+    };
+
+    let body = lookup("lookup/pad.example/honest@v0.0.5").await;
+    let l = parse_lookup(&body, &verifier).unwrap();
+    assert_eq!((l.id, l.tree.n), (5, 300));
+    state.verify(name, &l, fetch).await.unwrap();
+    let first = state.tiles_fetched();
+    assert!(first > 0);
+    assert_eq!(state.latest(name), l.tree);
+    // Again, and a record of the same tiles: nothing asked.
+    state.verify(name, &l, fetch).await.unwrap();
+    let body = lookup("lookup/pad.example/honest@v0.0.200").await;
+    let l2 = parse_lookup(&body, &verifier).unwrap();
+    state.verify(name, &l2, fetch).await.unwrap();
+    assert_eq!(state.tiles_fetched(), first);
+    let served: u64 = db
+        .tiles_served()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(n, _)| n)
+        .sum();
+    assert_eq!(served, first, "the database counted other tile requests");
+
+    // Another text under the same id and signed head.
+    let forged = body.replacen("v0.0.200 h1:", "v0.0.200 h1:A", 1);
+    let l3 = parse_lookup(&forged, &verifier).unwrap();
+    let e = state.verify(name, &l3, fetch).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Permission, "{e}");
+    assert!(e.message.contains("cannot authenticate record data"), "{e}");
+
+    // A forked database: its head of 2 records is not a prefix of the 300.
+    db.fork(2).await.unwrap();
+    let body = lookup("lookup/pad.example/fork@v0.0.1").await;
+    let l4 = parse_lookup(&body, &verifier).unwrap();
+    assert_eq!(l4.tree.n, 2);
+    let e = state.verify(name, &l4, fetch).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Permission, "{e}");
+    assert!(e.message.contains("misbehavior detected"), "{e}");
+    assert_eq!(state.latest(name), l.tree);
+}
