@@ -1822,6 +1822,192 @@ async fn native_fetcher_refuses_bad_modules_and_stores_nothing() -> Result<()> {
     Ok(())
 }
 
+/// The native fetcher proves every record of the checksum database in the
+/// tree its signed head names, and every head consistent with the latest
+/// one it verified, from hash tiles it caches: against the tests' signed
+/// database (300 made-up records first, so full tiles and a second tile
+/// level), a graph of 40 modules verifies with each tile asked once; a
+/// record the signed tree does not hold (the database answers the right
+/// hashes, so only the proof can catch it) is refused with 403; then the
+/// database forks (same key, other history): heads larger and smaller than
+/// the one seen are refused with 403. Nothing refused is stored. A fetcher
+/// that reaches the database only through a proxy's `/sumdb/` proves the
+/// same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_fetcher_proves_records_and_tree_heads() -> Result<()> {
+    use futures::StreamExt;
+    use modmesh_tests::fixtures::ModuleVersion;
+    use modmesh_tests::sumdb::TestSumDb;
+    const T: &str = "native-proofs";
+    let _heavy = HEAVY.lock().await;
+    let t = Instant::now();
+    let w = World::new()?;
+    let graph: Vec<String> = (0..40)
+        .map(|i| format!("example.com/graph/m{i:02}"))
+        .collect();
+    for m in &graph {
+        w.proxy.add(&ModuleVersion {
+            path: m.clone(),
+            version: "v1.0.0".into(),
+            time: "2024-01-01T00:00:00Z".into(),
+            go_mod: Some(format!("module {m}\n")),
+            files: vec![("m.go".into(), b"package m\n".to_vec())],
+        })?;
+    }
+    let db = TestSumDb::start_with(w.proxy.root(), &["-pad", "300", "-forge", BASE]).await?;
+    let mut spec = embedded_spec(
+        "gw-proofs",
+        w.tmp.path(),
+        &Store::Disk(w.store.clone()),
+        &w.upstream.url(),
+    )?;
+    spec.set(
+        "ATHENS_GO_BINARY_ENV_VARS",
+        format!("GOPROXY={};GOSUMDB={}", w.upstream.url(), db.gosumdb()),
+    );
+    spec.set("ATHENS_FETCHER_MODE", "native");
+    let gw = start_gateway(spec).await?;
+
+    // (a) The graph and a standard module, eight at a time.
+    let mut wanted: Vec<(String, String)> = graph
+        .iter()
+        .map(|m| (m.clone(), "v1.0.0".to_string()))
+        .collect();
+    wanted.push((MIXED.into(), MIXED_V.into()));
+    let gw_url = gw.url();
+    let replies: Vec<Result<(String, StatusCode, String)>> =
+        futures::stream::iter(wanted.iter().map(|(m, v)| {
+            let url = format!("{gw_url}{}", url_path(m, v, "zip"));
+            async move {
+                let r = get(&url).await?;
+                Ok((m.clone(), r.status, r.text()))
+            }
+        }))
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    for r in replies {
+        let (m, status, body) = r?;
+        ensure!(
+            status == StatusCode::OK,
+            "{m}: {status} {body}\n{}",
+            gw.log_tail(3000)
+        );
+    }
+    let served = db.tiles_served().await?;
+    let asked: u64 = served.iter().map(|(n, _)| n).sum();
+    ensure!(asked > 0, "no tile was asked: the records were not proved");
+    ensure!(
+        served.iter().all(|(n, _)| *n == 1),
+        "a tile was asked more than once: {served:?}"
+    );
+    // Every lookup's proof needs the hash of the first 256 records, from
+    // the second tile level: asked once for the 41 lookups.
+    ensure!(
+        served.iter().any(|(_, p)| p == "tile/8/1/000.p/1"),
+        "the level-1 tile was never asked: {served:?}"
+    );
+    println!(
+        "{T}: {} lookups proved with {asked} tile requests ({} distinct tiles)",
+        wanted.len(),
+        served.len()
+    );
+    lap(T, "41 modules proved in the tree", t);
+
+    // The same proofs through a proxy that serves the database: a second
+    // gateway whose fetcher has only the key (`GOSUMDB=<vkey>`, so it asks
+    // its GOPROXY's `/sumdb/<name>/`, the first gateway's, for the lookup
+    // and the tiles; `https://<name>` leads nowhere).
+    let mut spec = embedded_spec(
+        "gw-proofs-a",
+        w.tmp.path(),
+        &Store::Disk(w.tmp.path().join("store-a")),
+        &w.upstream.url(),
+    )?;
+    std::fs::create_dir_all(w.tmp.path().join("store-a"))?;
+    spec.set("ATHENS_SUM_DBS", db.url.clone());
+    let gw_a = start_gateway(spec).await?;
+    let mut spec = embedded_spec(
+        "gw-proofs-b",
+        w.tmp.path(),
+        &Store::Disk(w.tmp.path().join("store-b")),
+        &gw_a.url(),
+    )?;
+    std::fs::create_dir_all(w.tmp.path().join("store-b"))?;
+    spec.set(
+        "ATHENS_GO_BINARY_ENV_VARS",
+        format!("GOPROXY={};GOSUMDB={}", gw_a.url(), db.vkey),
+    );
+    spec.set("ATHENS_FETCHER_MODE", "native");
+    let gw_b = start_gateway(spec).await?;
+    let r = get(&format!(
+        "{}{}",
+        gw_b.url(),
+        url_path(PSEUDO, PSEUDO_V, "zip")
+    ))
+    .await?;
+    ensure!(
+        r.status == StatusCode::OK,
+        "through the proxy: {} {}\n{}",
+        r.status,
+        r.text(),
+        gw_b.log_tail(3000)
+    );
+    let via: u64 = db.tiles_served().await?.iter().map(|(n, _)| n).sum();
+    ensure!(
+        via > asked,
+        "no tile was asked through the proxy ({via} tiles in all)"
+    );
+    // A forged record is caught through the proxy too.
+    let r = get(&format!(
+        "{}{}",
+        gw_b.url(),
+        url_path(BASE, "v1.0.0", "zip")
+    ))
+    .await?;
+    ensure!(
+        r.status == StatusCode::FORBIDDEN && r.text().contains("cannot authenticate record data"),
+        "forged record through the proxy: {} {}",
+        r.status,
+        r.text()
+    );
+    drop(gw_b);
+    drop(gw_a);
+    lap(T, "proved through a proxy serving the database", t);
+
+    // (b) A record the signed tree does not hold.
+    let before = tree(&w.store)?;
+    let refused = |m: &str, v: &str, why: &'static str| {
+        let url = format!("{}{}", gw.url(), url_path(m, v, "zip"));
+        let m = format!("{m}@{v}");
+        async move {
+            let r = get(&url).await?;
+            let body = r.text();
+            ensure!(
+                r.status == StatusCode::FORBIDDEN && body.contains(why) && body.contains(&m),
+                "{m}: {} {body} (want 403 with {why:?})",
+                r.status
+            );
+            ensure!(body.contains("SECURITY ERROR"), "{m}: {body}");
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    refused(BASE, BASE_RC, "cannot authenticate record data").await?;
+
+    // (c) The database forks: a smaller head, then a larger one.
+    db.fork(2).await?;
+    refused(LEGACY, LEGACY_V, "misbehavior detected").await?;
+    db.fork(1000).await?;
+    refused(LIB_V2, LIB_V2_V, "misbehavior detected").await?;
+    ensure!(
+        tree(&w.store)? == before,
+        "refused modules left something in the store: {:?}",
+        tree(&w.store)?.difference(&before).collect::<Vec<_>>()
+    );
+    lap(T, "forged record and forked heads refused", t);
+    Ok(())
+}
+
 // ------------------------------------------------- the mesh on object stores
 
 /// The mesh (storage-svc on `kind`, lock-svc, two fetchers, two gateways):

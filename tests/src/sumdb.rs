@@ -61,7 +61,9 @@ impl TestSumDb {
     }
 
     /// Like [`TestSumDb::start`] with the helper's own flags (`-corrupt
-    /// <module>`, `-corrupt-tiles`: every tile served has a byte flipped).
+    /// <module>`, `-corrupt-tiles`: every tile served has a byte flipped;
+    /// `-pad <n>`: n made-up records first; `-forge <module>`: its lookups
+    /// answer a record the signed tree does not hold).
     pub async fn start_with(root: &Path, flags: &[&str]) -> Result<TestSumDb> {
         let bin = helper().await?;
         let mut cmd = tokio::process::Command::new(bin);
@@ -92,6 +94,27 @@ impl TestSumDb {
     /// for the fetcher; a client of the gateway uses [`TestSumDb::vkey`]).
     pub fn gosumdb(&self) -> String {
         format!("{} {}", self.vkey, self.url)
+    }
+
+    /// The tile paths served so far, each with how many times it was.
+    pub async fn tiles_served(&self) -> Result<Vec<(u64, String)>> {
+        let r = crate::http::get(&format!("{}/control/tiles", self.url)).await?;
+        let mut out = Vec::new();
+        for line in r.text().lines() {
+            let (n, path) = line.split_once(' ').context("tile count line")?;
+            out.push((n.parse()?, path.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Switches the database to a forked tree, signed with the same key,
+    /// whose first `pad` records are made-up ones of its own.
+    pub async fn fork(&self, pad: u64) -> Result<()> {
+        let r = crate::http::get(&format!("{}/control/fork?pad={pad}", self.url)).await?;
+        if !r.status.is_success() {
+            bail!("forking the checksum database: {}", r.status);
+        }
+        Ok(())
     }
 
     /// Stops the database (its port then refuses connections).

@@ -15,7 +15,9 @@
 //! [`zipcheck::MAX_ZIP`], from `Content-Length` or while streaming), checks
 //! it against the module zip rules and computes its `h1:` hash while
 //! reading it back ([`zipcheck`]), and verifies both hashes against the
-//! checksum database `GOSUMDB` names ([`sumcheck`]) unless `GOSUMDB=off` or
+//! checksum database `GOSUMDB` names ([`sumcheck`]; the record proved in
+//! the signed tree and the head consistent with those seen before,
+//! [`sumtree`]) unless `GOSUMDB=off` or
 //! the module matches `GONOSUMDB`, `GOPRIVATE`, `GONOSUMCHECK` or
 //! `NoSumPatterns`. Only then is it saved (through [`Ingest`]); a module
 //! that fails a check is refused with `Permission` (403) and nothing is
@@ -44,6 +46,8 @@ use tokio::sync::Semaphore;
 
 mod netrc;
 pub mod sumcheck;
+pub mod sumtree;
+pub mod tlog;
 pub mod zipcheck;
 
 /// The fetcher keys.
@@ -156,6 +160,8 @@ pub struct NativeFetcher {
     timeout: Duration,
     /// The client of the checksum database `GOSUMDB` names, made once.
     sumdb: tokio::sync::OnceCell<SumDbClient>,
+    /// The latest verified tree heads and the tiles of the databases.
+    trees: sumtree::TreeState,
 }
 
 impl std::fmt::Debug for NativeFetcher {
@@ -187,6 +193,7 @@ impl NativeFetcher {
             http,
             timeout,
             sumdb: tokio::sync::OnceCell::new(),
+            trees: sumtree::TreeState::default(),
         }
     }
 
@@ -658,10 +665,21 @@ impl NativeFetcher {
             .get_via(&db.name, &path, &proxies)
             .await
             .map_err(|e| Error::new(e.kind, format!("verifying {mv}: {}", e.message)))?;
-        let body = String::from_utf8_lossy(&body);
-        let (zip, go_mod) =
-            sumcheck::lookup_hashes(&body, &verifier, module.as_str(), version.as_str())
-                .map_err(|why| Error::permission(format!("verifying {mv}: {why}")))?;
+        let body = std::str::from_utf8(&body).map_err(|_| {
+            Error::permission(format!("verifying {mv}: the lookup answer is not UTF-8"))
+        })?;
+        let lookup = sumcheck::parse_lookup(body, &verifier)
+            .map_err(|why| Error::permission(format!("verifying {mv}: {why}")))?;
+        // The record must be in the tree its head signs, and the head on
+        // the timeline of those verified before.
+        let (name, proxies) = (db.name.as_str(), proxies.as_slice());
+        self.trees
+            .verify(name, &lookup, |path: String| async move {
+                client.get_via(name, &path, proxies).await
+            })
+            .await
+            .map_err(|e| Error::new(e.kind, format!("verifying {mv}: {}", e.message)))?;
+        let (zip, go_mod) = sumcheck::record_hashes(lookup.text, module.as_str(), version.as_str());
         Ok(Some(Records {
             db: db.name,
             zip,

@@ -1,8 +1,11 @@
 //! Verifying go.sum hashes against a checksum database: the `lookup`
 //! answer's signed tree head is checked with the database's verifier key
-//! (Ed25519 note signature) and its record lines are compared with the
-//! hashes computed from what was downloaded.
+//! (Ed25519 note signature), its record proved in the tree
+//! ([`super::sumtree`]) and its record lines compared with the hashes
+//! computed from what was downloaded.
 
+use super::sumtree::Lookup;
+use super::tlog::Tree;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
@@ -94,22 +97,38 @@ impl Verifier {
     }
 }
 
-/// The hashes a `lookup` answer records for `module version`: (zip hash,
-/// go.mod hash). The signed tree head is verified with `verifier`.
-pub fn lookup_hashes(
-    body: &str,
-    verifier: &Verifier,
-    module: &str,
-    version: &str,
-) -> Result<(Option<String>, Option<String>), String> {
-    // `<record id>\n<record lines>\n\n<signed note>`.
-    let (head, note) = body
-        .split_once("\n\n")
-        .ok_or("the lookup answer is malformed")?;
-    verifier.open(note)?;
+/// Parses a `lookup` answer (`<record id>\n<record lines>\n\n<signed
+/// note>`) and checks its note's signature with `verifier`; the record's
+/// place in the tree is [`super::sumtree::TreeState::verify`]'s job.
+pub fn parse_lookup<'a>(body: &'a str, verifier: &Verifier) -> Result<Lookup<'a>, String> {
+    let malformed = || "the lookup answer is malformed".to_string();
+    let (id, rest) = body.split_once('\n').ok_or_else(malformed)?;
+    let id: i64 = id
+        .parse()
+        .ok()
+        .filter(|n| *n >= 0 && id.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(malformed)?;
+    let end = rest.find("\n\n").ok_or_else(malformed)?;
+    let (text, note) = (&rest[..end + 1], &rest[end + 2..]);
+    if text.chars().any(|c| c < ' ' && c != '\n') {
+        return Err(malformed());
+    }
+    let signed = verifier.open(note)?;
+    let tree = Tree::parse(signed).ok_or("the signed tree head is malformed")?;
+    Ok(Lookup {
+        id,
+        text,
+        note,
+        tree,
+    })
+}
+
+/// The hashes the record `text` holds for `module version`: (zip hash,
+/// go.mod hash).
+pub fn record_hashes(text: &str, module: &str, version: &str) -> (Option<String>, Option<String>) {
     let mut zip = None;
     let mut go_mod = None;
-    for line in head.lines().skip(1) {
+    for line in text.lines() {
         let mut f = line.split(' ');
         let (Some(m), Some(v), Some(h), None) = (f.next(), f.next(), f.next(), f.next()) else {
             continue;
@@ -123,7 +142,7 @@ pub fn lookup_hashes(
             go_mod = Some(h.to_string());
         }
     }
-    Ok((zip, go_mod))
+    (zip, go_mod)
 }
 
 #[cfg(test)]
@@ -140,5 +159,27 @@ mod tests {
         )
         .is_none());
         assert!(Verifier::for_gosumdb("other.example").is_none());
+    }
+
+    #[test]
+    fn malformed_lookups_are_refused_before_any_proof() {
+        let v = Verifier::parse(DEFAULT_KEY).unwrap();
+        let note = "go.sum database tree\n2\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n\n\u{2014} sum.golang.org Az3grg==\n";
+        for body in [
+            "",
+            "x\nm v1 h1:a=\n\n",
+            "-1\nm v1 h1:a=\n\n",
+            "1\nm v1\th1:a=\n\n",
+        ] {
+            let e = parse_lookup(&format!("{body}{note}"), &v).unwrap_err();
+            assert!(e.contains("malformed"), "{body:?}: {e}");
+        }
+        // Well formed, but not signed by the key.
+        let e = parse_lookup(&format!("1\nm v1 h1:a=\n\n{note}"), &v).unwrap_err();
+        assert!(e.contains("signature") || e.contains("not signed"), "{e}");
+        assert_eq!(
+            record_hashes("m v1 h1:z=\nm v1/go.mod h1:g=\no v1 h1:o=\n", "m", "v1"),
+            (Some("h1:z=".into()), Some("h1:g=".into()))
+        );
     }
 }
