@@ -1945,13 +1945,59 @@ async fn mesh_on_mongo() -> Result<()> {
 /// its tier), and the next request fetches and stores it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tier_serves_warm_hits_without_storage_and_forgets_deletes() -> Result<()> {
+    tier_in_mesh(false).await
+}
+
+/// The same with the tier's disk level holding every zip (both gateways
+/// share one `DiskPath`, each in its own folder): the warm zip comes from
+/// disk while storage-svc is stopped, and the delete through storage-svc
+/// removes both gateways' files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_disk_level_serves_warm_zips_and_forgets_deletes() -> Result<()> {
+    tier_in_mesh(true).await
+}
+
+/// The zip files under the tier's `DiskPath`.
+fn tier_zip_files(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for d in std::fs::read_dir(root)? {
+        for f in std::fs::read_dir(d?.path())? {
+            let p = f?.path();
+            if p.extension().is_some_and(|e| e == "zip") {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn tier_in_mesh(disk: bool) -> Result<()> {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     const BOUND: Duration = Duration::from_secs(1);
     let _heavy = HEAVY.lock().await;
     let t = Instant::now();
     let w = World::new()?;
-    let mut mesh = w.mesh().await?;
+    let name = if disk { "tier-disk" } else { "tier" };
+    let disk_path = w.tmp.path().join("tier-disk");
+    let dp = disk_path.to_string_lossy().into_owned();
+    let env: Vec<(&str, &str)> = if disk {
+        // .info and .mod in memory, every zip on disk.
+        vec![
+            ("ATHENS_TIER_DISK_PATH", dp.as_str()),
+            ("ATHENS_TIER_MAX_MEMORY_ZIP_BYTES", "0"),
+        ]
+    } else {
+        vec![]
+    };
+    let mut mesh = Mesh::start_with_gateway_env(
+        w.tmp.path(),
+        &Store::Disk(w.store.clone()),
+        &w.upstream.url(),
+        2,
+        &env,
+    )
+    .await?;
     let exts = ["info", "mod", "zip"];
     let want: Vec<Vec<u8>> = exts
         .iter()
@@ -1972,7 +2018,20 @@ async fn tier_serves_warm_hits_without_storage_and_forgets_deletes() -> Result<(
             );
         }
     }
-    lap("tier", "both gateways warm", t);
+    if disk {
+        // Each gateway's fill ends after its client got the last byte.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tier_zip_files(&disk_path)?.len() < 2 {
+            ensure!(
+                Instant::now() < deadline,
+                "zips on disk 5 s after warming: {:?}\n{}",
+                tier_zip_files(&disk_path)?,
+                mesh.log_tails(3000)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    lap(name, "both gateways warm", t);
 
     // Warm hits with storage-svc frozen.
     let storage = Pid::from_raw(mesh.storage.pid() as i32);
@@ -1996,7 +2055,7 @@ async fn tier_serves_warm_hits_without_storage_and_forgets_deletes() -> Result<(
     .await;
     kill(storage, Signal::SIGCONT)?;
     frozen?;
-    lap("tier", "warm hits served with storage-svc stopped", t);
+    lap(name, "warm hits served with storage-svc stopped", t);
 
     // A delete through storage-svc's gRPC API. Within BOUND both gateways
     // have forgotten it: with storage-svc stopped again, neither answers it.
@@ -2026,11 +2085,11 @@ async fn tier_serves_warm_hits_without_storage_and_forgets_deletes() -> Result<(
     .await;
     kill(storage, Signal::SIGCONT)?;
     forgotten?;
-    lap(
-        "tier",
-        "both gateways stopped serving the deleted version",
-        t,
-    );
+    if disk {
+        let left = tier_zip_files(&disk_path)?;
+        ensure!(left.is_empty(), "zip files left after the delete: {left:?}");
+    }
+    lap(name, "both gateways stopped serving the deleted version", t);
 
     // The next request fetches and stores it again.
     for g in &mesh.gateways {
@@ -2048,7 +2107,7 @@ async fn tier_serves_warm_hits_without_storage_and_forgets_deletes() -> Result<(
         client.exists(pb_c).await?.into_inner().exists,
         "the version was not stored again"
     );
-    lap("tier", "fetched again after the delete", t);
+    lap(name, "fetched again after the delete", t);
     mesh.stop()?;
     Ok(())
 }

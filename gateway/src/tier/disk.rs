@@ -357,7 +357,8 @@ fn sweep(root: &Path) -> std::io::Result<usize> {
 }
 
 /// The client's stream of a fill: passes storage's chunks on and hands a
-/// copy of each to the writer; says `done` once all `size` bytes passed.
+/// copy of each to the writer; says `done` once all `size` bytes passed
+/// (a client that knows the length may never ask for the stream's end).
 struct Tee {
     inner: ByteStream,
     tx: Option<mpsc::Sender<Bytes>>,
@@ -382,14 +383,14 @@ impl Tee {
                             t.tx = None;
                         }
                     }
-                }
-                Some(Err(_)) => t.tx = None,
-                None => {
-                    if t.seen == t.size {
+                    if t.seen == t.size && t.tx.is_some() {
+                        // Complete: the writer may keep the file now.
                         t.done.store(true, Ordering::SeqCst);
+                        t.tx = None;
                     }
-                    t.tx = None;
                 }
+                // An error before the end: the writer drops the file.
+                Some(Err(_)) | None => t.tx = None,
             }
             item.map(|i| (i, t))
         })
