@@ -783,6 +783,17 @@ mod tests {
             ErrorKind::NotFound
         );
         assert_eq!(counting.zips(), before + 1);
+
+        // Deletions missed (what the tier does on `Missed`): every file goes.
+        for i in 0..3u8 {
+            let c = Coordinates::new(&format!("example.com/c{i}"), "v1.0.0").unwrap();
+            save_bytes(&*watched, &c, zip_of(10_000, 20 + i)).await;
+            read_zip(&tier, &c).await.unwrap();
+            settle(&tier).await;
+        }
+        assert_eq!(folder(&tier), (3, 30_000));
+        tier.disk.as_ref().unwrap().forget_all();
+        assert_eq!(folder(&tier), (0, 0));
     }
 
     /// At start the level removes the folders of dead owners (and any
