@@ -695,7 +695,10 @@ async fn hostile_paths_are_rejected() -> Result<()> {
 
 /// A 200 MiB module goes cold through an embedded gateway (`go mod
 /// download`), then 4 clients fetch it warm at once; all bytes match the
-/// upstream and the gateway's peak RSS stays under 128 MiB.
+/// upstream and the gateway's peak RSS stays under 128 MiB. Then the same
+/// with the tier's disk level on (the gateway restarted): one read fills
+/// it while streaming, 4 clients are served from its file, and the peak
+/// RSS stays under 128 MiB too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_zip_streams_with_bounded_memory() -> Result<()> {
     const SIZE: u64 = 200 << 20;
@@ -743,26 +746,35 @@ async fn big_zip_streams_with_bounded_memory() -> Result<()> {
     );
     drop(go);
 
-    let url = format!("{}{}", gw.url(), url_path(MODULE, VERSION, "zip"));
-    let warm = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..4 {
-        let url = url.clone();
-        tasks.spawn(async move { get_sha256(&url).await });
-    }
-    while let Some(done) = tasks.join_next().await {
-        let (status, sha, len) = done??;
-        ensure!(
-            status == StatusCode::OK && sha == want && len == zip_len,
-            "warm client got {status}, {len} bytes, sha256 {sha} (want 200, {zip_len}, {want})"
+    let four_warm = |gw_url: String, what: &'static str| {
+        let (want, url) = (
+            want.clone(),
+            format!("{gw_url}{}", url_path(MODULE, VERSION, "zip")),
         );
-    }
-    let secs = warm.elapsed().as_secs_f64();
-    eprintln!(
-        "[big-zip] 4 warm clients: {:.1} s, {:.0} MiB/s aggregate",
-        secs,
-        4.0 * zip_len as f64 / secs / (1 << 20) as f64
-    );
+        async move {
+            let warm = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..4 {
+                let url = url.clone();
+                tasks.spawn(async move { get_sha256(&url).await });
+            }
+            while let Some(done) = tasks.join_next().await {
+                let (status, sha, len) = done??;
+                ensure!(
+                    status == StatusCode::OK && sha == want && len == zip_len,
+                    "warm client got {status}, {len} bytes, sha256 {sha} (want 200, {zip_len}, {want})"
+                );
+            }
+            let secs = warm.elapsed().as_secs_f64();
+            eprintln!(
+                "[big-zip] 4 warm clients{what}: {:.1} s, {:.0} MiB/s aggregate",
+                secs,
+                4.0 * zip_len as f64 / secs / (1 << 20) as f64
+            );
+            Ok(())
+        }
+    };
+    four_warm(gw.url(), "").await?;
     let hwm = gw.vm_hwm_kib()?;
     eprintln!("[big-zip] gateway VmHWM {} MiB", hwm / 1024);
     ensure!(
@@ -773,6 +785,52 @@ async fn big_zip_streams_with_bounded_memory() -> Result<()> {
     ensure!(
         hwm < 128 * 1024,
         "gateway peak RSS {} MiB >= 128 MiB after a 200 MiB zip\n{}",
+        hwm / 1024,
+        gw.log_tail(4000)
+    );
+
+    // The disk level on: a first read fills it, 4 come from its file.
+    let disk = tmp.path().join("tier-disk");
+    gw.spec
+        .set("ATHENS_TIER_DISK_PATH", disk.to_string_lossy().into_owned());
+    restart_gateway(&mut gw).await?;
+    let url = format!("{}{}", gw.url(), url_path(MODULE, VERSION, "zip"));
+    let (status, sha, _) = get_sha256(&url).await?;
+    ensure!(
+        status == StatusCode::OK && sha == want,
+        "filling read: {status} {sha}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tier_zip_files(&disk)?.len() != 1 {
+        ensure!(
+            Instant::now() < deadline,
+            "no zip on disk 10 s after the fill"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    four_warm(gw.url(), " from the disk level").await?;
+    let hwm = gw.vm_hwm_kib()?;
+    eprintln!(
+        "[big-zip] gateway VmHWM with the disk level {} MiB",
+        hwm / 1024
+    );
+    let metrics = get(&format!("{}/metrics", gw.url())).await?.text();
+    let from_disk: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("modmesh_tier_reads_total{")
+                && l.contains("file=\"zip\"")
+                && l.contains("level=\"disk\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    ensure!(
+        from_disk >= 4.0,
+        "{from_disk} zip reads from the disk level, want 4\n{metrics}"
+    );
+    ensure!(
+        hwm < 128 * 1024,
+        "gateway peak RSS {} MiB >= 128 MiB with the disk level\n{}",
         hwm / 1024,
         gw.log_tail(4000)
     );
@@ -2131,13 +2189,59 @@ async fn mesh_on_mongo() -> Result<()> {
 /// its tier), and the next request fetches and stores it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tier_serves_warm_hits_without_storage_and_forgets_deletes() -> Result<()> {
+    tier_in_mesh(false).await
+}
+
+/// The same with the tier's disk level holding every zip (both gateways
+/// share one `DiskPath`, each in its own folder): the warm zip comes from
+/// disk while storage-svc is stopped, and the delete through storage-svc
+/// removes both gateways' files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_disk_level_serves_warm_zips_and_forgets_deletes() -> Result<()> {
+    tier_in_mesh(true).await
+}
+
+/// The zip files under the tier's `DiskPath`.
+fn tier_zip_files(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for d in std::fs::read_dir(root)? {
+        for f in std::fs::read_dir(d?.path())? {
+            let p = f?.path();
+            if p.extension().is_some_and(|e| e == "zip") {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn tier_in_mesh(disk: bool) -> Result<()> {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     const BOUND: Duration = Duration::from_secs(1);
     let _heavy = HEAVY.lock().await;
     let t = Instant::now();
     let w = World::new()?;
-    let mut mesh = w.mesh().await?;
+    let name = if disk { "tier-disk" } else { "tier" };
+    let disk_path = w.tmp.path().join("tier-disk");
+    let dp = disk_path.to_string_lossy().into_owned();
+    let env: Vec<(&str, &str)> = if disk {
+        // .info and .mod in memory, every zip on disk.
+        vec![
+            ("ATHENS_TIER_DISK_PATH", dp.as_str()),
+            ("ATHENS_TIER_MAX_MEMORY_ZIP_BYTES", "0"),
+        ]
+    } else {
+        vec![]
+    };
+    let mut mesh = Mesh::start_with_gateway_env(
+        w.tmp.path(),
+        &Store::Disk(w.store.clone()),
+        &w.upstream.url(),
+        2,
+        &env,
+    )
+    .await?;
     let exts = ["info", "mod", "zip"];
     let want: Vec<Vec<u8>> = exts
         .iter()
@@ -2158,7 +2262,20 @@ async fn tier_serves_warm_hits_without_storage_and_forgets_deletes() -> Result<(
             );
         }
     }
-    lap("tier", "both gateways warm", t);
+    if disk {
+        // Each gateway's fill ends after its client got the last byte.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tier_zip_files(&disk_path)?.len() < 2 {
+            ensure!(
+                Instant::now() < deadline,
+                "zips on disk 5 s after warming: {:?}\n{}",
+                tier_zip_files(&disk_path)?,
+                mesh.log_tails(3000)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    lap(name, "both gateways warm", t);
 
     // Warm hits with storage-svc frozen.
     let storage = Pid::from_raw(mesh.storage.pid() as i32);
@@ -2182,7 +2299,7 @@ async fn tier_serves_warm_hits_without_storage_and_forgets_deletes() -> Result<(
     .await;
     kill(storage, Signal::SIGCONT)?;
     frozen?;
-    lap("tier", "warm hits served with storage-svc stopped", t);
+    lap(name, "warm hits served with storage-svc stopped", t);
 
     // A delete through storage-svc's gRPC API. Within BOUND both gateways
     // have forgotten it: with storage-svc stopped again, neither answers it.
@@ -2212,11 +2329,11 @@ async fn tier_serves_warm_hits_without_storage_and_forgets_deletes() -> Result<(
     .await;
     kill(storage, Signal::SIGCONT)?;
     forgotten?;
-    lap(
-        "tier",
-        "both gateways stopped serving the deleted version",
-        t,
-    );
+    if disk {
+        let left = tier_zip_files(&disk_path)?;
+        ensure!(left.is_empty(), "zip files left after the delete: {left:?}");
+    }
+    lap(name, "both gateways stopped serving the deleted version", t);
 
     // The next request fetches and stores it again.
     for g in &mesh.gateways {
@@ -2234,7 +2351,7 @@ async fn tier_serves_warm_hits_without_storage_and_forgets_deletes() -> Result<(
         client.exists(pb_c).await?.into_inner().exists,
         "the version was not stored again"
     );
-    lap("tier", "fetched again after the delete", t);
+    lap(name, "fetched again after the delete", t);
     mesh.stop()?;
     Ok(())
 }

@@ -86,7 +86,7 @@ pub fn services(cfg: &Config) -> Result<(Services, Embedded)> {
     // this gateway serves over gRPC and what its fetcher saves into is the
     // storage itself.
     let tier: crate::tier::TierConfig = cfg.section().map_err(|e| Error::invalid(e.to_string()))?;
-    let served = crate::tier::Tier::wrap(storage.clone(), &tier);
+    let served = crate::tier::Tier::wrap(storage.clone(), &tier)?;
 
     let lock: Arc<dyn Lock> = if cfg.LockSvcURL.is_empty() {
         let l = modmesh_lock::from_config(cfg)?;

@@ -135,6 +135,16 @@ fn a_config_error_names_the_key_and_exits_2() {
         assert!(err.contains(named), "{key}={value}: {err}");
     }
     let dir = tempfile::tempdir().unwrap();
+    // A tier disk folder that cannot be made (below a regular file).
+    let plain = dir.path().join("plain-file");
+    std::fs::write(&plain, "").unwrap();
+    let out = gateway()
+        .env("ATHENS_TIER_DISK_PATH", plain.join("tier"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Tier.DiskPath"), "{err}");
     let file = dir.path().join("config.toml");
     std::fs::write(&file, "Timeout = \"soon\"\n").unwrap();
     let out = gateway().arg("-config_file").arg(&file).output().unwrap();

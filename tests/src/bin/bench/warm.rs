@@ -137,18 +137,37 @@ fn ratio(x: f64, reference: Option<f64>) -> String {
     }
 }
 
+/// The gateways' environment for the tier on disk only (memory level off).
+fn disk_only(ctx: &Ctx) -> [(&'static str, String); 2] {
+    [
+        ("ATHENS_TIER_MEMORY_BYTES", "0".into()),
+        (
+            "ATHENS_TIER_DISK_PATH",
+            ctx.dir.join("tier-disk").to_string_lossy().into_owned(),
+        ),
+    ]
+}
+
+/// `env` as the `(&str, &str)` pairs [`Ours::start`] takes.
+fn pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 /// Section `warm`: req/s and latency of warm `.info` and warm 1 MiB `.zip`
-/// for every target, as ratios to nginx and Athens. With `MODMESH_BENCH_NO_TIER`
-/// unset, the embedded gateway and the mesh also run with the tier disabled.
+/// for every target, as ratios to nginx and Athens. The embedded gateway
+/// and the mesh also run with the tier disabled and with the tier on disk
+/// only.
 pub async fn run(ctx: &Ctx) -> Result<()> {
     ctx.proxy.add_big(ONE_MEG, V1, 1 << 20)?;
     ctx.publish(ONE_MEG)?;
     eprintln!("starting the embedded gateway and the mesh…");
     let ours = Ours::start(ctx, "tier", &[]).await?;
     let plain = Ours::start(ctx, "notier", &[("ATHENS_TIER_MEMORY_BYTES", "0")]).await?;
+    let disk = Ours::start(ctx, "disktier", &pairs(&disk_only(ctx))).await?;
     let mut targets = references(ctx);
     targets.extend(ours.targets("")?);
     targets.extend(plain.targets(" (tier off)")?);
+    targets.extend(disk.targets(" (tier on disk only)")?);
     for t in &targets {
         warm_all(t, &[fixtures::BASE, ONE_MEG]).await?;
     }
@@ -202,6 +221,7 @@ pub async fn run(ctx: &Ctx) -> Result<()> {
     }
     ours.stop()?;
     plain.stop()?;
+    disk.stop()?;
     Ok(())
 }
 
@@ -240,15 +260,18 @@ async fn big_run(t: &Target, path: &str, want: &str, len: u64) -> Result<BigRun>
 }
 
 /// Section `big`: peak RSS of every process while 4 clients download a warm
-/// `--big-mib` zip (the tier on, at its defaults), per target.
+/// `--big-mib` zip (the tier on, at its defaults, and on disk only), per
+/// target.
 pub async fn big(ctx: &Ctx) -> Result<()> {
     eprintln!("making the {} MiB module…", ctx.args.big_mib);
     let big_zip = ctx.proxy.add_big(BIG, V1, ctx.args.big_mib << 20)?;
     ctx.publish(BIG)?;
     let (want, len) = (sha256_file(&big_zip)?, std::fs::metadata(&big_zip)?.len());
     let ours = Ours::start(ctx, "big", &[]).await?;
+    let disk = Ours::start(ctx, "bigdisk", &pairs(&disk_only(ctx))).await?;
     let mut targets = references(ctx);
     targets.extend(ours.targets("")?);
+    targets.extend(disk.targets(" (tier on disk only)")?);
     let path = url_path(BIG, V1, "zip");
     println!(
         "### 4 concurrent warm downloads of a {} MiB zip\n",
@@ -287,5 +310,6 @@ pub async fn big(ctx: &Ctx) -> Result<()> {
         "\nThe static reference's memory is the whole bench process: its server and the 4 hashing clients.\n"
     );
     ours.stop()?;
+    disk.stop()?;
     Ok(())
 }
