@@ -173,7 +173,9 @@ async fn serve_with(
     connector.set_connect_timeout(Some(options.connect_timeout));
     connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
+        // Well under the gateways' IdleTimeout (60 s by default), so the
+        // edge drops an idle connection before a gateway closes it.
+        .pool_idle_timeout(Duration::from_secs(20))
         .pool_max_idle_per_host(64)
         .build(connector);
     let edge = Arc::new(Edge { pool, client });
