@@ -1,23 +1,27 @@
 //! The repository's docker-compose.yml brought up for real under podman
-//! (podman-compose), with two gateways and two fetchers, and the real go
-//! command building a program through a published gateway port.
+//! (podman-compose), with two gateways and two fetchers behind the edge
+//! (`modmesh edge`, the one published port), and the real go command
+//! building a program through it; and the `s3` profile (MinIO and
+//! storage-svc-s3) used with the `modmesh` CLI.
 //!
 //! Without systemd, a registry or /etc changes: podman is configured by
 //! files under a work folder (`CONTAINERS_CONF`, `CONTAINERS_STORAGE_CONF`);
 //! the `debian:bookworm-slim` base is made with debootstrap (with this
-//! machine's CA certificates) and `podman import`, and a `golang:1-bookworm`
-//! stand-in from the machine's Go tree, both kept for the next run (keyed by
-//! a hash of what they are made of); the image is built from the
-//! repository's Dockerfile with `BINARIES=prebuilt` and the binaries of this
-//! build. Everything the test creates (containers, volume, network) is
-//! removed at the end; the images stay.
+//! machine's CA certificates) and `podman import`, a `golang:1-bookworm`
+//! stand-in from the machine's Go tree and a MinIO stand-in (under the
+//! image name the compose file gives) from the machine's MinIO server, all
+//! kept for the next run (keyed by a hash of what they are made of); the
+//! image is built from the repository's Dockerfile with `BINARIES=prebuilt`
+//! and the binaries of this build. Everything the test creates
+//! (containers, volumes, network) is removed at the end; the images stay.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use modmesh_tests::fixtures::{standard_proxy, write_program};
+use modmesh_tests::fixtures::{standard_modules, standard_proxy, write_program, PSEUDO, PSEUDO_V};
 use modmesh_tests::goclient::{build_and_run_program, GoEnv};
 use modmesh_tests::procs::bin_dir;
 use modmesh_tests::server::StaticServer;
@@ -254,6 +258,55 @@ fn golang_image(p: &Podman, base_key: &str) -> Result<()> {
     Ok(())
 }
 
+/// The MinIO image the compose file's `s3` service names.
+fn minio_image_name(repo: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(repo.join("docker-compose.yml"))?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("image:"))
+        .map(str::trim)
+        .find(|i| i.contains("/minio/minio:"))
+        .map(str::to_string)
+        .context("docker-compose.yml names no minio image")
+}
+
+/// The MinIO image of the compose file, made here: the base plus this
+/// machine's MinIO server (scripts/deps/37-minio.sh builds it from source),
+/// run as the upstream image runs it (`minio` then the compose command).
+fn minio_image(p: &Podman, base_key: &str, minio: &Path) -> Result<String> {
+    let name = minio_image_name(&p.repo)?;
+    let version =
+        std::fs::read_to_string(minio.with_file_name("minio.version")).unwrap_or_default();
+    let size = std::fs::metadata(minio)?.len().to_string();
+    let key = sha256_hex(&[
+        base_key.as_bytes(),
+        version.as_bytes(),
+        size.as_bytes(),
+        b"minio stand-in v1",
+    ]);
+    if p.made_from(&name, &key) {
+        return Ok(name);
+    }
+    let t = Instant::now();
+    let ctx = p.work.join("minio-context");
+    let _ = std::fs::remove_dir_all(&ctx);
+    std::fs::create_dir_all(&ctx)?;
+    if std::fs::hard_link(minio, ctx.join("minio")).is_err() {
+        std::fs::copy(minio, ctx.join("minio"))?;
+    }
+    std::fs::write(
+        ctx.join("Containerfile"),
+        "FROM debian:bookworm-slim\nCOPY minio /usr/bin/minio\n\
+         ENTRYPOINT [\"/usr/bin/minio\"]\nEXPOSE 9000\n",
+    )?;
+    let c = ctx.display().to_string();
+    let f = ctx.join("Containerfile").display().to_string();
+    p.podman(&["build", "-q", "-t", &name, "-f", &f, &c])?;
+    std::fs::remove_dir_all(&ctx)?;
+    p.remember(&name, &key)?;
+    lap("minio stand-in", t);
+    Ok(name)
+}
+
 /// `modmesh:latest` from the repository's Dockerfile with this build's
 /// binaries.
 fn mesh_image(p: &Podman) -> Result<()> {
@@ -307,9 +360,11 @@ struct Teardown<'a>(&'a Podman);
 impl Drop for Teardown<'_> {
     fn drop(&mut self) {
         let _ = self.0.compose(&["down", "-v"], &[]);
-        let _ = self
-            .0
-            .podman(&["volume", "rm", "-f", &format!("{PROJECT}_modules")]);
+        for v in ["modules", "s3data"] {
+            let _ = self
+                .0
+                .podman(&["volume", "rm", "-f", &format!("{PROJECT}_{v}")]);
+        }
         let _ = self
             .0
             .podman(&["network", "rm", "-f", &format!("{PROJECT}_default")]);
@@ -348,6 +403,28 @@ async fn wait_healthy(p: &Podman, name: &str, timeout: Duration) -> Result<()> {
     }
 }
 
+/// Waits until `name` can open a TCP connection to the host's `port`
+/// (`host.containers.internal`).
+async fn wait_reaches_host(p: &Podman, name: &str, port: u16, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let probe = format!("timeout 3 bash -c ':> /dev/tcp/host.containers.internal/{port}'");
+    loop {
+        let out = p
+            .cmd("podman")
+            .args(["exec", name, "bash", "-c", &probe])
+            .output()?;
+        if out.status.success() {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{name} cannot connect to the host's port {port} after {timeout:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// How many log lines of a container belong to gRPC calls of the Fetcher
 /// service (each call logs one or more, all carrying its path).
 fn fetcher_calls(p: &Podman, name: &str) -> Result<usize> {
@@ -357,16 +434,53 @@ fn fetcher_calls(p: &Podman, name: &str) -> Result<usize> {
     Ok(text.matches("/modmesh.v1.Fetcher/").count())
 }
 
-/// `http://127.0.0.1:<port>` where `name`'s port 3000 is published.
-fn published(p: &Podman, name: &str) -> Result<String> {
-    let out = p.podman(&["port", name, "3000"])?;
+/// The last log lines of each container, for a failure's message.
+fn tails(p: &Podman, names: &[String]) -> String {
+    let mut s = String::new();
+    for n in names {
+        if let Ok(out) = p.cmd("podman").args(["logs", "--tail", "15", n]).output() {
+            s.push_str(&format!(
+                "--- {n} ---\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    s
+}
+
+/// How many module requests (`/@v/` paths) a gateway container logged.
+fn gateway_requests(p: &Podman, name: &str) -> Result<usize> {
+    let out = p.podman(&["logs", name])?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    Ok(text
+        .lines()
+        .filter(|l| l.contains("request handled") && l.contains("/@v/"))
+        .count())
+}
+
+/// Runs `modmesh --json <args>` inside `name` (its storage-svc at the CLI's
+/// default URL): exit success and the JSON lines.
+fn modmesh_in(p: &Podman, name: &str, args: &[&str]) -> Result<(bool, Vec<serde_json::Value>)> {
+    let out = p
+        .cmd("podman")
+        .args(["exec", name, "modmesh", "--json"])
+        .args(args)
+        .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let addr = text.lines().next().unwrap_or_default().trim();
-    ensure!(
-        addr.starts_with("127.0.0.1:"),
-        "{name} published on {addr:?}"
-    );
-    Ok(format!("http://{addr}"))
+    let lines = text
+        .lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l:?}")))
+        .collect::<Result<Vec<serde_json::Value>>>()?;
+    if !out.status.success() {
+        eprintln!(
+            "modmesh {args:?} in {name}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((out.status.success(), lines))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -377,6 +491,10 @@ async fn compose_mesh_under_podman() -> Result<()> {
             return Ok(());
         }
     }
+    let Some(minio) = modmesh_test_support::find_program("minio") else {
+        modmesh_test_support::skip("minio is not installed", "scripts/deps/37-minio.sh");
+        return Ok(());
+    };
     let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?);
     if uid != 0 {
         modmesh_test_support::skip("the compose test runs podman as root", DEPS);
@@ -393,32 +511,33 @@ async fn compose_mesh_under_podman() -> Result<()> {
     let p = Podman::setup(&work, &repo)?;
     let base_key = base_image(&p)?;
     golang_image(&p, &base_key)?;
+    minio_image(&p, &base_key, &minio)?;
     mesh_image(&p)?;
 
     // The upstream, where containers reach it (the host, through the bridge).
     let tmp = tempfile::tempdir()?;
-    standard_proxy(tmp.path().join("upstream"))?;
-    let mut upstream = StaticServer::start_on(&tmp.path().join("upstream"), "0.0.0.0:0")?;
+    let upstream_dir = tmp.path().join("upstream");
+    standard_proxy(&upstream_dir)?;
+    let mut upstream = StaticServer::start_on(&upstream_dir, "0.0.0.0:0")?;
     let upstream_env = format!(
         "GOPROXY=http://host.containers.internal:{};GOSUMDB=off",
         upstream.addr().port()
     );
-    let env = [("ATHENS_GO_BINARY_ENV_VARS", upstream_env.as_str())];
+    // The edge's host port: a free one, not 3000 (which may be busy).
+    let port = modmesh_test_support::free_port().to_string();
+    let env = [
+        ("ATHENS_GO_BINARY_ENV_VARS", upstream_env.as_str()),
+        ("MODMESH_PORT", port.as_str()),
+    ];
     // Leftovers of an earlier run that was killed, then ours on drop.
     drop(Teardown(&p));
     let _down = Teardown(&p);
+    // The mesh (pulled in by the edge) and the s3 profile's services, in one
+    // `up` (naming them works with podman-compose 1.0.3, which does not read
+    // `profiles:`, and with docker compose, which starts a profiled service
+    // that is named).
     let t = Instant::now();
-    let up = p.compose(
-        &[
-            "up",
-            "-d",
-            "storage-svc",
-            "lock-svc",
-            "fetcher-svc",
-            "gateway",
-        ],
-        &env,
-    )?;
+    p.compose(&["up", "-d", "edge", "s3", "storage-svc-s3"], &env)?;
     lap("compose up", t);
     let t = Instant::now();
     let names = [
@@ -428,26 +547,63 @@ async fn compose_mesh_under_podman() -> Result<()> {
         container("fetcher-svc", 2),
         container("gateway", 1),
         container("gateway", 2),
+        container("edge", 1),
+        container("s3", 1),
+        container("storage-svc-s3", 1),
     ];
     for n in &names {
         wait_healthy(&p, n, Duration::from_secs(90)).await?;
     }
     lap("all healthy", t);
 
-    // The go command through the first published gateway port.
+    // The fetchers reach the upstream on the host (on this machine a fresh
+    // bridge network sometimes drops connections to the host for its first
+    // seconds; the go build would then time out in the fetchers, not here).
     let t = Instant::now();
-    let gw1 = published(&p, &container("gateway", 1))?;
-    let gw2 = published(&p, &container("gateway", 2))?;
-    ensure!(gw1 != gw2, "both gateways on {gw1}");
+    let up_port = upstream.addr().port();
+    for f in [container("fetcher-svc", 1), container("fetcher-svc", 2)] {
+        wait_reaches_host(&p, &f, up_port, Duration::from_secs(90)).await?;
+    }
+    lap("fetchers reach the upstream on the host", t);
+
+    // Gateways are not published; the edge is, on 127.0.0.1:<port>.
+    for g in [container("gateway", 1), container("gateway", 2)] {
+        let out = p.podman(&["port", &g])?;
+        let ports = String::from_utf8_lossy(&out.stdout);
+        ensure!(ports.trim().is_empty(), "{g} is published: {ports}");
+    }
+    let out = p.podman(&["port", &container("edge", 1), "3000"])?;
+    let published = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    ensure!(
+        published == format!("127.0.0.1:{port}"),
+        "the edge is published on {published:?}, not 127.0.0.1:{port}"
+    );
+    let edge = format!("http://127.0.0.1:{port}");
+
+    // The go command through the edge.
+    let t = Instant::now();
     let prog = tmp.path().join("prog");
     write_program(&prog)?;
-    let go = GoEnv::new(&gw1)?;
-    build_and_run_program(&go, &prog).await?;
-    lap("go build through gateway 1", t);
+    let go = GoEnv::new(&edge)?;
+    if let Err(e) = build_and_run_program(&go, &prog).await {
+        bail!("{e:#}\n{}", tails(&p, &names));
+    }
+    lap("go build through the edge", t);
     ensure!(
         upstream.counts().keys().any(|k| k.ends_with(".zip")),
         "the upstream served no zip: {:?}",
         upstream.counts()
+    );
+    // Both gateway replicas served the build's requests.
+    let (g1, g2) = (container("gateway", 1), container("gateway", 2));
+    let served = (gateway_requests(&p, &g1)?, gateway_requests(&p, &g2)?);
+    eprintln!(
+        "[compose] module requests served: {g1} {}, {g2} {}",
+        served.0, served.1
+    );
+    ensure!(
+        served.0 > 0 && served.1 > 0,
+        "a gateway replica served nothing through the edge: {served:?}"
     );
 
     // Both fetcher replicas did work (more calls, each for a module not
@@ -458,9 +614,8 @@ async fn compose_mesh_under_podman() -> Result<()> {
         if calls.0 > 0 && calls.1 > 0 {
             break;
         }
-        let gw = if i % 2 == 0 { &gw1 } else { &gw2 };
         // A module nobody asked for: no cached answer, a fetcher is asked.
-        let _ = modmesh_tests::http::get(&format!("{gw}/example.com/probe{i}/@v/list")).await;
+        let _ = modmesh_tests::http::get(&format!("{edge}/example.com/probe{i}/@v/list")).await;
         calls = (fetcher_calls(&p, &f1)?, fetcher_calls(&p, &f2)?);
     }
     eprintln!(
@@ -472,39 +627,106 @@ async fn compose_mesh_under_podman() -> Result<()> {
         "a fetcher replica did no work: {calls:?}"
     );
 
-    // The store survives a restart of storage-svc (the volume): the build
-    // works again, through the other gateway, with the upstream gone.
+    // The s3 profile: storage-svc-s3 made its bucket in MinIO; the CLI
+    // inside its container loads a module tree into it, lists it and
+    // verifies every hash.
+    let t = Instant::now();
+    let s3svc = container("storage-svc-s3", 1);
+    p.podman(&[
+        "cp",
+        &upstream_dir.display().to_string(),
+        &format!("{s3svc}:/tmp/modcache"),
+    ])?;
+    let modules = standard_modules();
+    let n = modules.len();
+    let (ok, lines) = modmesh_in(&p, &s3svc, &["prefill", "/tmp/modcache"])?;
+    ensure!(
+        ok && lines.last().is_some_and(|l| l["saved"] == n),
+        "prefill into s3: {lines:?}"
+    );
+    let (ok, lines) = modmesh_in(&p, &s3svc, &["catalog"])?;
+    let got: BTreeSet<(String, String)> = lines
+        .iter()
+        .filter_map(|l| {
+            Some((
+                l["module"].as_str()?.to_string(),
+                l["version"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let want: BTreeSet<(String, String)> = modules
+        .iter()
+        .map(|m| (m.path.clone(), m.version.clone()))
+        .collect();
+    ensure!(ok && got == want, "catalog of s3: {got:?} != {want:?}");
+    let (ok, lines) = modmesh_in(&p, &s3svc, &["verify"])?;
+    ensure!(
+        ok && lines
+            .last()
+            .is_some_and(|l| l["ok"] == n && l["checked"] == n),
+        "verify of s3: {lines:?}"
+    );
+    // The objects are in MinIO's bucket (its data folder holds the bucket
+    // with the modules' top-level path elements).
+    let out = p.podman(&["exec", &container("s3", 1), "ls", "/data/modules"])?;
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    let top = modules[0].path.split('/').next().unwrap_or_default();
+    ensure!(
+        listing.lines().any(|l| l.trim() == top),
+        "MinIO's bucket holds {listing:?}, not {top}"
+    );
+    lap("s3 profile: prefill, catalog, verify", t);
+
+    // One gateway stops, storage-svc restarts (the store is the volume) and
+    // the upstream is gone: builds through the edge still work.
     let t = Instant::now();
     upstream.stop();
+    p.podman(&["stop", "-t", "5", &g2])?;
+    lap("gateway 2 stopped", t);
     p.podman(&["restart", &container("storage-svc", 1)])?;
     wait_healthy(&p, &container("storage-svc", 1), Duration::from_secs(60)).await?;
-    let prog2 = tmp.path().join("prog2");
-    write_program(&prog2)?;
-    let go2 = GoEnv::new(&gw2)?;
-    build_and_run_program(&go2, &prog2)
-        .await
-        .context("build from the restarted store with the upstream stopped")?;
-    lap(
-        "storage restart + go build through gateway 2 (upstream stopped)",
-        t,
-    );
-
-    // The s3 profile's services are in the file, and left out of a plain
-    // `up` (podman-compose 1.0.3 has no `config` nor `--profile`; docker
-    // compose starts them with `--profile s3`).
-    let up_said = String::from_utf8_lossy(&up.stdout).to_string();
-    ensure!(
-        up_said.contains("excluding")
-            && up_said.contains("'s3'")
-            && up_said.contains("storage-svc-s3"),
-        "the s3 profile's services were not excluded from `up`"
-    );
-    for c in [container("s3", 1), container("storage-svc-s3", 1)] {
-        ensure!(
-            p.podman(&["container", "exists", &c]).is_err(),
-            "{c} was started without its profile"
+    lap("storage-svc restarted", t);
+    let before = gateway_requests(&p, &g1)?;
+    let prog = tmp.path().join("prog-after");
+    write_program(&prog)?;
+    let go = GoEnv::new(&edge)?;
+    if let Err(e) = build_and_run_program(&go, &prog).await {
+        bail!(
+            "build through the edge with {g2} stopped: {e:#}\n{}",
+            tails(&p, &names)
         );
     }
+    lap("go build with gateway 2 stopped", t);
+    // And every GET in a row of a stored version answers, whichever
+    // replica is next in turn.
+    for _ in 0..10 {
+        let url = format!("{edge}/{PSEUDO}/@v/{PSEUDO_V}.info");
+        let r = modmesh_tests::http::get(&url).await?;
+        ensure!(
+            r.status == 200,
+            "{url} through the edge: {} {}\n{}",
+            r.status,
+            String::from_utf8_lossy(&r.body),
+            tails(&p, &names)
+        );
+    }
+    ensure!(
+        gateway_requests(&p, &g1)? > before,
+        "{g1} served none of the builds with {g2} stopped"
+    );
+    // The edge saw the stopped replica go (by its re-resolution and probe,
+    // or a refused connection).
+    let out = p.podman(&["logs", &container("edge", 1)])?;
+    let edge_log =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        edge_log.contains("replica left") || edge_log.contains("replica did not answer"),
+        "the edge never noticed {g2} stopping:\n{edge_log}"
+    );
+    lap(
+        "gateway 2 stopped, storage restarted, upstream stopped: go build and GETs through the edge",
+        t,
+    );
     drop(_down);
     lap("whole compose test", all);
     Ok(())

@@ -1,6 +1,7 @@
 //! `modmesh`: module metadata from the command line, over the storage
-//! service's gRPC API (`--storage URL` or `MODMESH_STORAGE_URL`), and a
-//! health probe for containers.
+//! service's gRPC API (`--storage URL` or `MODMESH_STORAGE_URL`), a
+//! health probe for containers, and `edge`, an HTTP front that spreads one
+//! published port over every gateway replica.
 //!
 //! Human output by default; `--json` prints one JSON object per line
 //! (streaming commands print one per entry as it arrives, then a summary).
@@ -9,6 +10,8 @@
 //! arguments.
 
 #![warn(missing_docs)]
+
+mod edge;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
@@ -97,6 +100,30 @@ enum Cmd {
         #[arg(long, conflicts_with = "grpc")]
         http: Option<String>,
     },
+    /// An HTTP front on one port: forwards every request, round-robin, to
+    /// the addresses the upstream names resolve to (every replica of a
+    /// compose service), re-resolved every few seconds.
+    Edge {
+        /// Where to listen.
+        #[arg(long, default_value = "0.0.0.0:3000")]
+        listen: std::net::SocketAddr,
+        /// An upstream `http://host:port` (repeatable); every address the
+        /// host resolves to is a replica.
+        #[arg(long = "upstream", required = true)]
+        upstreams: Vec<String>,
+        /// Seconds between re-resolutions of the upstream names.
+        #[arg(long, default_value_t = 5)]
+        refresh_secs: u64,
+        /// Milliseconds a connection to a replica may take.
+        #[arg(long, default_value_t = 2000)]
+        connect_timeout_ms: u64,
+        /// Log level (Athens' names).
+        #[arg(long, env = "ATHENS_LOG_LEVEL", default_value = "info")]
+        log_level: String,
+        /// Log format: plain or json.
+        #[arg(long, env = "ATHENS_LOG_FORMAT", default_value = "plain")]
+        log_format: String,
+    },
 }
 
 /// Output of one command: text or JSON lines on stdout.
@@ -142,6 +169,33 @@ async fn run(cli: Cli, out: &mut Out) -> Fallible<bool> {
     {
         return health(&cli.storage, grpc.as_deref(), service, http.as_deref(), out).await;
     }
+    if let Cmd::Edge {
+        listen,
+        upstreams,
+        refresh_secs,
+        connect_timeout_ms,
+        log_level,
+        log_format,
+    } = cli.cmd
+    {
+        modmesh_common::logging::init(&log_level, &log_format);
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("listen on {listen}: {e}"))?;
+        tracing::info!(%listen, upstreams = ?upstreams, "edge listening");
+        let options = edge::Options {
+            upstreams,
+            refresh: Duration::from_secs(refresh_secs.max(1)),
+            connect_timeout: Duration::from_millis(connect_timeout_ms.max(1)),
+        };
+        edge::serve(
+            listener,
+            options,
+            modmesh_common::shutdown::signal(Duration::from_secs(10)),
+        )
+        .await?;
+        return Ok(true);
+    }
     let client = StorageClient::new(&cli.storage).map_err(|e| e.to_string())?;
     match cli.cmd {
         Cmd::Catalog { prefix, page_size } => catalog(&client, &prefix, page_size, out).await,
@@ -158,7 +212,7 @@ async fn run(cli: Cli, out: &mut Out) -> Fallible<bool> {
             Ok(true)
         }
         Cmd::Prefill { dir } => prefill(&client, &dir, out).await,
-        Cmd::Health { .. } => unreachable!("handled above"),
+        Cmd::Health { .. } | Cmd::Edge { .. } => unreachable!("handled above"),
     }
 }
 

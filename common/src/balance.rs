@@ -79,8 +79,8 @@ pub fn balanced_channel(
         let mut current: BTreeSet<SocketAddr> = BTreeSet::new();
         let mut has_name = true;
         loop {
-            let live = match resolve(&host, port).await {
-                Ok(addrs) => probe(addrs).await,
+            let live = match resolve_live(&resolve, &host, port).await {
+                Ok(live) => live,
                 Err(e) => {
                     tracing::debug!(%host, error = %e, "re-resolution failed; keeping the replicas known");
                     None
@@ -133,9 +133,22 @@ enum Key {
     Addr(SocketAddr),
 }
 
+/// Resolves `host:port` through `resolve` and keeps the addresses that
+/// accept a TCP connection within 1 s; `Ok(None)` if none does (callers then
+/// keep the set they knew: better a call that fails on its own than an
+/// empty balance that waits for ever). The one resolve-and-probe step of
+/// every balancer of the mesh (gRPC channels here, the `modmesh edge` HTTP
+/// front).
+pub async fn resolve_live(
+    resolve: &Resolver,
+    host: &str,
+    port: u16,
+) -> std::io::Result<Option<BTreeSet<SocketAddr>>> {
+    Ok(probe(resolve(host, port).await?).await)
+}
+
 /// The addresses among `addrs` that accept a TCP connection; `None` if none
-/// does (then the known set is kept: better a call that fails on its own
-/// than an empty balance that waits for ever).
+/// does.
 async fn probe(addrs: Vec<SocketAddr>) -> Option<BTreeSet<SocketAddr>> {
     let mut checks = tokio::task::JoinSet::new();
     for addr in addrs {

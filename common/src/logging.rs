@@ -22,7 +22,8 @@ pub fn init(level: &str, format: &str) {
 }
 
 /// The crates of the mesh (their log targets).
-const OURS: [&str; 10] = [
+const OURS: [&str; 11] = [
+    "modmesh",
     "modmesh_proto",
     "modmesh_common",
     "modmesh_storage",
