@@ -244,3 +244,78 @@ impl Reader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads what `s` gives within 200 ms, and whether it ended.
+    async fn read(s: &mut ByteStream) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_millis(200), s.next()).await {
+                Ok(Some(Ok(b))) => out.extend_from_slice(&b),
+                Ok(None) => return (out, true),
+                Ok(Some(Err(_))) | Err(_) => return (out, false),
+            }
+        }
+    }
+
+    async fn ready(s: &mut ByteStream) -> Vec<u8> {
+        read(s).await.0
+    }
+
+    fn data(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    }
+
+    #[tokio::test]
+    async fn the_tail_waits_for_the_verdict_and_a_refusal_cuts_the_body() {
+        for stored in [true, false] {
+            let (tx, rx) = watch::channel(Live::default());
+            let tx = Arc::new(tx);
+            let mut rec = Recorder::new(tx.clone());
+            let zip = data(300 * 1024, stored as u8);
+            rec.apply(Event::ZipStart {
+                size: Some(zip.len() as u64),
+            })
+            .await;
+            rec.apply(Event::ZipData(Bytes::copy_from_slice(
+                &zip[..HOLD_BACK as usize],
+            )))
+            .await;
+            assert!(
+                zip_reader(&rx).is_none(),
+                "nothing past the held-back tail yet"
+            );
+            rec.apply(Event::ZipData(Bytes::copy_from_slice(
+                &zip[HOLD_BACK as usize..200 * 1024],
+            )))
+            .await;
+            let mut r = zip_reader(&rx).expect("a reader once bytes pass the tail");
+            assert_eq!(r.size, zip.len() as u64);
+            let first = ready(&mut r.stream).await;
+            assert_eq!(first[..], zip[..200 * 1024 - HOLD_BACK as usize]);
+            rec.apply(Event::ZipData(Bytes::copy_from_slice(&zip[200 * 1024..])))
+                .await;
+            let more = ready(&mut r.stream).await;
+            assert_eq!(
+                first.len() + more.len(),
+                zip.len() - HOLD_BACK as usize,
+                "all but the tail before the verdict"
+            );
+            if stored {
+                tx.send_modify(|l| l.verdict = Some(Ok(())));
+                let (rest, ended) = read(&mut r.stream).await;
+                let all = [first, more, rest].concat();
+                assert_eq!(all, zip, "the whole zip once stored");
+                assert!(ended, "then the body ends");
+            } else {
+                tx.send_modify(|l| l.verdict = Some(Err(Error::permission("refused"))));
+                let end = r.stream.next().await.expect("an item");
+                assert!(end.is_err(), "a refusal ends the body in an error");
+            }
+            assert!(zip_reader(&rx).is_none(), "after the verdict: storage");
+        }
+    }
+}
