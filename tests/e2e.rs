@@ -615,6 +615,10 @@ async fn hostile_paths_are_rejected() -> Result<()> {
         r.text(),
         gw.log_tail(4000)
     );
+    // `.info` is answered while the zip is still being saved; the `.zip`
+    // answers once the version is stored.
+    let r = get(&format!("{}{}", gw.url(), url_path(BASE, "v1.0.0", "zip"))).await?;
+    ensure!(r.status == StatusCode::OK, "legit .zip: {}", r.status);
     let before = tree(jail.path())?;
     let upstream_before = upstream.counts();
 
@@ -1186,12 +1190,28 @@ async fn go_command_refusals_are_403_with_the_reason() -> Result<()> {
         "mismatch reason: {body}"
     );
     ensure!(!body.contains(&goget_marker), "server path in {body}");
-    // Nothing was stored: the module stays refused, never served.
+    // Nothing was stored: the module stays refused, never served. Its
+    // go.mod matches the database's record, so a `.mod` request is answered
+    // while the fetch goes on (the upstream's bytes); the zip is refused
+    // again and nothing is stored.
     let r = get(&format!("{}{}", gw.url(), url_path(BASE, BASE_RC, "mod"))).await?;
     ensure!(
-        r.status == StatusCode::FORBIDDEN,
-        "mismatch again: {}",
-        r.status
+        r.status == StatusCode::OK
+            && r.body[..] == std::fs::read(w.proxy.file(BASE, BASE_RC, "mod"))?[..],
+        "verified go.mod of a refused module: {} {}",
+        r.status,
+        r.text()
+    );
+    let r = get(&format!("{}{}", gw.url(), url_path(BASE, BASE_RC, "zip"))).await?;
+    ensure!(
+        r.status == StatusCode::FORBIDDEN && r.text().contains("checksum mismatch"),
+        "mismatch again: {} {}",
+        r.status,
+        r.text()
+    );
+    ensure!(
+        !stored(&w.store)?.iter().any(|p| p.starts_with(BASE)),
+        "the refused module was stored"
     );
     drop(gw);
 

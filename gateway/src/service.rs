@@ -647,7 +647,11 @@ impl ModuleService {
                         request_id::scope(rid, async move {
                             let _entry = entry;
                             let r = this.fetch_once(&key, deadline, tx.clone()).await;
+                            let answered_early = tx.borrow().meta.is_some();
                             tx.send_modify(|l| l.verdict = Some(r.clone()));
+                            if r.is_ok() && answered_early {
+                                this.warm(&key, deadline).await;
+                            }
                             r
                         })
                         .instrument(span),
@@ -664,6 +668,20 @@ impl ModuleService {
                     f
                 }
             }
+        }
+    }
+
+    /// Reads the `.info` and `.mod` of the just stored `c` once, so that
+    /// the gateway's tier (which fills on storage reads) holds what was
+    /// answered early from the flight.
+    async fn warm(&self, c: &Coordinates, deadline: Deadline) {
+        let s = &self.inner.services.storage;
+        let (i, m) = tokio::join!(
+            deadline.run("storage info", s.info(c)),
+            deadline.run("storage go.mod", s.go_mod(c))
+        );
+        if let Err(e) = i.and(m) {
+            tracing::debug!(%c, error = %e, "warming the tier after the fetch failed");
         }
     }
 
