@@ -615,6 +615,10 @@ async fn hostile_paths_are_rejected() -> Result<()> {
         r.text(),
         gw.log_tail(4000)
     );
+    // `.info` is answered while the zip is still being saved; the `.zip`
+    // answers once the version is stored.
+    let r = get(&format!("{}{}", gw.url(), url_path(BASE, "v1.0.0", "zip"))).await?;
+    ensure!(r.status == StatusCode::OK, "legit .zip: {}", r.status);
     let before = tree(jail.path())?;
     let upstream_before = upstream.counts();
 
@@ -1244,12 +1248,28 @@ async fn go_command_refusals_are_403_with_the_reason() -> Result<()> {
         "mismatch reason: {body}"
     );
     ensure!(!body.contains(&goget_marker), "server path in {body}");
-    // Nothing was stored: the module stays refused, never served.
+    // Nothing was stored: the module stays refused, never served. Its
+    // go.mod matches the database's record, so a `.mod` request is answered
+    // while the fetch goes on (the upstream's bytes); the zip is refused
+    // again and nothing is stored.
     let r = get(&format!("{}{}", gw.url(), url_path(BASE, BASE_RC, "mod"))).await?;
     ensure!(
-        r.status == StatusCode::FORBIDDEN,
-        "mismatch again: {}",
-        r.status
+        r.status == StatusCode::OK
+            && r.body[..] == std::fs::read(w.proxy.file(BASE, BASE_RC, "mod"))?[..],
+        "verified go.mod of a refused module: {} {}",
+        r.status,
+        r.text()
+    );
+    let r = get(&format!("{}{}", gw.url(), url_path(BASE, BASE_RC, "zip"))).await?;
+    ensure!(
+        r.status == StatusCode::FORBIDDEN && r.text().contains("checksum mismatch"),
+        "mismatch again: {} {}",
+        r.status,
+        r.text()
+    );
+    ensure!(
+        !stored(&w.store)?.iter().any(|p| p.starts_with(BASE)),
+        "the refused module was stored"
     );
     drop(gw);
 
@@ -2352,6 +2372,167 @@ async fn tier_in_mesh(disk: bool) -> Result<()> {
         "the version was not stored again"
     );
     lap(name, "fetched again after the delete", t);
+    mesh.stop()?;
+    Ok(())
+}
+
+// ------------------------------------------- a cold miss while it arrives
+
+/// Whether the disk store at `root` holds anything of `module`.
+fn holds(root: &Path, module: &str) -> Result<bool> {
+    Ok(stored(root)?.iter().any(|p| p.starts_with(module)))
+}
+
+/// With the upstream holding every zip at its half (the gate): `.mod` of a
+/// cold version is answered while its zip is held back; a `.zip` client
+/// receives its first bytes before the upstream sent the rest, then, once
+/// released, the whole zip as the upstream has it, and the version is
+/// stored; a module whose zip is refused (its go.mod differs from the
+/// `.mod`) ends the streamed body in an error, is refused with 403 after,
+/// and nothing of it is stored.
+async fn streams_while_arriving(label: &str, gw: &str, w: &World, n: usize) -> Result<()> {
+    use http_body_util::BodyExt;
+    const SIZE: u64 = 2 << 20;
+    const V: &str = "v1.0.0";
+    let good = format!("example.com/stream/good{n}");
+    let bad = format!("example.com/stream/bad{n}");
+    let t = Instant::now();
+    let good_zip = w.proxy.add_big(&good, V, SIZE)?;
+    w.proxy.add_big(&bad, V, SIZE)?;
+    // The bad module's .mod is not the go.mod in its zip.
+    std::fs::write(w.proxy.file(&bad, V, "mod"), format!("module {bad}\n"))?;
+    let want = std::fs::read(&good_zip)?;
+    w.upstream.set_zip_gate(true);
+
+    let zip_url = format!("{gw}{}", url_path(&good, V, "zip"));
+    let req = hyper::Request::get(&zip_url).body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let client = http::client();
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .context("no zip response head while the upstream holds the zip's second half")??;
+    ensure!(
+        resp.status() == StatusCode::OK,
+        "{label}: zip {}",
+        resp.status()
+    );
+    ensure!(
+        resp.headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            == Some(want.len().to_string().as_str()),
+        "{label}: Content-Length {:?}, the upstream's is {}",
+        resp.headers().get(hyper::header::CONTENT_LENGTH),
+        want.len()
+    );
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while got.is_empty() {
+        let frame = tokio::time::timeout(Duration::from_secs(30), body.frame())
+            .await
+            .context("no zip bytes while the upstream holds the zip's second half")?
+            .ok_or_else(|| anyhow!("{label}: the zip body ended empty"))??;
+        if let Ok(d) = frame.into_data() {
+            got.extend_from_slice(&d);
+        }
+    }
+    ensure!(
+        got.len() < want.len() / 2 && got[..] == want[..got.len()],
+        "{label}: {} bytes before the upstream sent the second half",
+        got.len()
+    );
+    lap("stream", &format!("{label}: first zip bytes while held"), t);
+
+    // .mod answers while the zip is still held upstream; nothing is stored.
+    let m = tokio::time::timeout(
+        Duration::from_secs(10),
+        get(&format!("{gw}{}", url_path(&good, V, "mod"))),
+    )
+    .await
+    .context(".mod not answered while the zip is held back")??;
+    ensure!(
+        m.status == StatusCode::OK
+            && m.body[..] == std::fs::read(w.proxy.file(&good, V, "mod"))?[..],
+        "{label}: .mod {} {}",
+        m.status,
+        m.text()
+    );
+    ensure!(
+        !holds(&w.store, &good)?,
+        "{label}: stored before the zip arrived"
+    );
+
+    // The bad module: its body starts, then ends in an error.
+    let bad_url = format!("{gw}{}", url_path(&bad, V, "zip"));
+    let req = hyper::Request::get(&bad_url).body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let bad_resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .context("no response head for the bad zip")??;
+    ensure!(
+        bad_resp.status() == StatusCode::OK,
+        "{label}: bad zip {}",
+        bad_resp.status()
+    );
+
+    w.upstream.set_zip_gate(false);
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(60), body.frame())
+        .await
+        .context("the zip did not finish once released")?
+    {
+        if let Ok(d) = frame?.into_data() {
+            got.extend_from_slice(&d);
+        }
+    }
+    ensure!(
+        got == want,
+        "{label}: the streamed zip ({} bytes) differs from the upstream's ({})",
+        got.len(),
+        want.len()
+    );
+    ensure!(holds(&w.store, &good)?, "{label}: not stored after the zip");
+    let bad_body = tokio::time::timeout(Duration::from_secs(60), bad_resp.into_body().collect())
+        .await
+        .context("the refused zip's body neither ended nor failed")?;
+    ensure!(
+        bad_body.is_err(),
+        "{label}: the refused zip's body ended normally ({} bytes)",
+        bad_body.map(|b| b.to_bytes().len()).unwrap_or(0)
+    );
+    // Asked again, it is fetched again and refused again: a 403 with the
+    // reason, or (the zip streams before the verdict) a body cut short.
+    match get(&bad_url).await {
+        Err(_) => {}
+        Ok(again) => ensure!(
+            again.status == StatusCode::FORBIDDEN && again.text().contains("does not match"),
+            "{label}: bad zip asked again: {} {}",
+            again.status,
+            again.text()
+        ),
+    }
+    ensure!(
+        !holds(&w.store, &bad)?,
+        "{label}: the refused module was stored"
+    );
+    lap(
+        "stream",
+        &format!("{label}: released, stored, bad refused"),
+        t,
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_zips_stream_while_they_arrive() -> Result<()> {
+    let _heavy = HEAVY.lock().await;
+    let w = World::new()?;
+    let mut gw = w.gateway().await?;
+    streams_while_arriving("embedded", &gw.url(), &w, 1)
+        .await
+        .map_err(|e| anyhow!("{e:#}\n{}", gw.log_tail(4000)))?;
+    gw.stop()?;
+    let mut mesh = w.mesh().await?;
+    streams_while_arriving("mesh", &mesh.gateways[0].url(), &w, 2)
+        .await
+        .map_err(|e| anyhow!("{e:#}\n{}", mesh.log_tails(4000)))?;
     mesh.stop()?;
     Ok(())
 }

@@ -335,6 +335,22 @@ async fn traces_metrics_and_token_across_the_mesh() -> Result<()> {
             .into_inner()
             .exists
     );
+    // The fetcher's progressive download (which saves) needs it too.
+    let ch =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.fetchers[0].spec.addr))?
+            .connect()
+            .await?;
+    let mut f = pb::fetcher_client::FetcherClient::new(ch);
+    for token in [None, Some("wrong-token")] {
+        let e = f
+            .download_progress(with_token(coords(BASE, "v1.0.0"), token))
+            .await
+            .unwrap_err();
+        ensure!(
+            e.code() == tonic::Code::PermissionDenied,
+            "DownloadProgress with {token:?}: {e:?}"
+        );
+    }
 
     mesh.stop()?;
     Ok(())

@@ -31,6 +31,7 @@ pub const PROTECTED: &[&str] = &[
     "/modmesh.v1.Lock/KeepAlive",
     "/modmesh.v1.Lock/Release",
     "/modmesh.v1.Fetcher/Download",
+    "/modmesh.v1.Fetcher/DownloadProgress",
 ];
 
 /// The keys (top level) of the hops' TLS and token.

@@ -1,10 +1,11 @@
 //! [`FetcherClient`]: a [`Fetcher`] over gRPC, so callers cannot tell
 //! whether their fetcher runs in-process or in `fetcher-svc`.
 
-use crate::{Fetched, Fetcher};
+use crate::{Event, Fetched, Fetcher, Progress};
 use async_trait::async_trait;
 use bytes::Bytes;
 use modmesh_common::request_id;
+use modmesh_proto::pb::download_event::Kind;
 use modmesh_proto::pb::fetcher_client::FetcherClient as RpcClient;
 use modmesh_proto::pb::{ModuleRef, SumDbRequest};
 use modmesh_proto::{Coordinates, Error, ModulePath, Result, Version, MAX_MESSAGE};
@@ -48,23 +49,61 @@ impl FetcherClient {
     }
 }
 
+/// `version` as the fetcher resolved `c`: canonical, or an error.
+fn resolved(c: &Coordinates, version: &str) -> Result<Version> {
+    Version::new(version)
+        .ok()
+        .filter(Version::is_canonical)
+        .ok_or_else(|| {
+            Error::internal(format!(
+                "the fetcher resolved {c} to {version:?}, not a canonical version"
+            ))
+        })
+}
+
 #[async_trait]
 impl Fetcher for FetcherClient {
     async fn download(&self, c: &Coordinates) -> Result<Fetched> {
         let reply = self.inner.clone().download(c.to_pb()).await?.into_inner();
-        let version = Version::new(reply.version.as_str())
-            .ok()
-            .filter(Version::is_canonical)
-            .ok_or_else(|| {
-                Error::internal(format!(
-                    "the fetcher resolved {c} to {:?}, not a canonical version",
-                    reply.version
-                ))
-            })?;
         Ok(Fetched {
-            version,
+            version: resolved(c, &reply.version)?,
             info: reply.info,
         })
+    }
+
+    /// `DownloadProgress`: the service's events are passed on as they
+    /// arrive; the last message is the verdict.
+    async fn download_progress(&self, c: &Coordinates, progress: Progress) -> Result<Fetched> {
+        let mut stream = self
+            .inner
+            .clone()
+            .download_progress(c.to_pb())
+            .await?
+            .into_inner();
+        while let Some(m) = stream.message().await? {
+            let e = match m.kind {
+                Some(Kind::Metadata(m)) => Event::Metadata {
+                    version: resolved(c, &m.version)?,
+                    info: m.info,
+                    go_mod: m.go_mod,
+                },
+                Some(Kind::ZipStart(z)) => Event::ZipStart {
+                    size: z.size_known.then_some(z.size),
+                },
+                Some(Kind::ZipData(d)) => Event::ZipData(d),
+                Some(Kind::Stored(f)) => {
+                    return Ok(Fetched {
+                        version: resolved(c, &f.version)?,
+                        info: f.info,
+                    })
+                }
+                None => return Err(Error::internal("an empty download event")),
+            };
+            progress.send(e).await;
+        }
+        Err(Error::unavailable(format!(
+            "{c}: the fetcher's stream ended without a verdict"
+        )))
     }
 
     async fn list(&self, module: &ModulePath) -> Result<Vec<String>> {

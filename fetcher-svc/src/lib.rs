@@ -31,6 +31,60 @@ pub struct Fetched {
     pub info: Bytes,
 }
 
+/// What a fetcher reports while a download runs (see
+/// [`Fetcher::download_progress`]), in this order: at most one
+/// `Metadata`, then for each zip transfer a `ZipStart` and its `ZipData`.
+/// A second `ZipStart` means the transfer restarted (another upstream of
+/// the list): the bytes sent before it are void.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The resolved version's `.info` and `.mod`, exactly as they will be
+    /// stored; the go.mod's hash is the checksum database's (when the
+    /// module is checked).
+    Metadata {
+        /// The canonical version.
+        version: Version,
+        /// Its `.info` JSON.
+        info: Bytes,
+        /// Its go.mod.
+        go_mod: Bytes,
+    },
+    /// A zip transfer begins; `size` is the upstream's `Content-Length`.
+    ZipStart {
+        /// The announced size, when known.
+        size: Option<u64>,
+    },
+    /// The next bytes of the zip, unchecked.
+    ZipData(Bytes),
+}
+
+/// Where a fetcher sends its [`Event`]s. Sending never fails: when nobody
+/// listens any more the event is dropped and the download goes on.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    tx: Option<tokio::sync::mpsc::Sender<Event>>,
+}
+
+impl Progress {
+    /// A sink and the receiver of its events, holding at most `cap` unread.
+    pub fn channel(cap: usize) -> (Progress, tokio::sync::mpsc::Receiver<Event>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(cap.max(1));
+        (Progress { tx: Some(tx) }, rx)
+    }
+
+    /// A sink nobody listens to.
+    pub fn none() -> Progress {
+        Progress { tx: None }
+    }
+
+    /// Sends `e`, waiting while the listener is behind.
+    pub async fn send(&self, e: Event) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(e).await;
+        }
+    }
+}
+
 /// Talks to the upstream.
 ///
 /// Errors: a module or version an upstream said is not there is `NotFound`;
@@ -42,6 +96,14 @@ pub trait Fetcher: Send + Sync + 'static {
     /// Downloads module@version (a version or a query) and saves it into
     /// storage unless already stored; returns the resolved version and info.
     async fn download(&self, c: &Coordinates) -> Result<Fetched>;
+    /// [`Fetcher::download`], reporting what it has as it goes to
+    /// `progress`; the result is the verdict (stored, or why not). Nothing
+    /// reported is stored unless the verdict is `Ok`. The default reports
+    /// nothing.
+    async fn download_progress(&self, c: &Coordinates, progress: Progress) -> Result<Fetched> {
+        drop(progress);
+        self.download(c).await
+    }
     /// The upstream's versions of `module` (releases and pre-releases).
     async fn list(&self, module: &ModulePath) -> Result<Vec<String>>;
     /// Resolves a query (`latest`, a branch, a revision, a version) to its

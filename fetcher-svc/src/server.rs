@@ -6,15 +6,22 @@
 //! goes away, tonic drops the handler's future, which cancels the fetch (the
 //! go fetcher then kills its go process group).
 
-use crate::Fetcher;
+use crate::{Event, Fetcher, Progress};
+use futures::Stream;
+use modmesh_common::request_id;
+use modmesh_proto::pb::download_event::Kind;
 use modmesh_proto::pb::fetcher_server::{Fetcher as FetcherRpc, FetcherServer};
 use modmesh_proto::pb::{
-    Blob, Coordinates as PbCoordinates, Fetched, ModuleRef, SumDbRequest, VersionList,
+    Blob, Coordinates as PbCoordinates, DownloadEvent, DownloadMetadata, Fetched, ModuleRef,
+    SumDbRequest, VersionList, ZipStart,
 };
-use modmesh_proto::{Coordinates, ModulePath, MAX_MESSAGE};
+use modmesh_proto::{Coordinates, ModulePath, MAX_CHUNK, MAX_MESSAGE};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 /// The fully qualified gRPC service name, for health reporting.
 pub const SERVICE_NAME: &str = "modmesh.v1.Fetcher";
@@ -38,8 +45,107 @@ impl FetcherService {
     }
 }
 
+/// The events of one `DownloadProgress` call; dropping it (the client went
+/// away) aborts the download.
+pub struct ProgressStream {
+    rx: tokio::sync::mpsc::Receiver<Result<DownloadEvent, Status>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Stream for ProgressStream {
+    type Item = Result<DownloadEvent, Status>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for ProgressStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl std::fmt::Debug for ProgressStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProgressStream").finish_non_exhaustive()
+    }
+}
+
+/// The wire messages of `e` (zip data in chunks of at most [`MAX_CHUNK`]).
+fn to_pb(e: Event) -> Vec<DownloadEvent> {
+    let one = |kind| vec![DownloadEvent { kind: Some(kind) }];
+    match e {
+        Event::Metadata {
+            version,
+            info,
+            go_mod,
+        } => one(Kind::Metadata(DownloadMetadata {
+            version: version.as_str().to_string(),
+            info,
+            go_mod,
+        })),
+        Event::ZipStart { size } => one(Kind::ZipStart(ZipStart {
+            size: size.unwrap_or(0),
+            size_known: size.is_some(),
+        })),
+        Event::ZipData(mut b) => {
+            let mut out = Vec::with_capacity(b.len() / MAX_CHUNK + 1);
+            while b.len() > MAX_CHUNK {
+                out.push(DownloadEvent {
+                    kind: Some(Kind::ZipData(b.split_to(MAX_CHUNK))),
+                });
+            }
+            out.push(DownloadEvent {
+                kind: Some(Kind::ZipData(b)),
+            });
+            out
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl FetcherRpc for FetcherService {
+    type DownloadProgressStream = ProgressStream;
+
+    async fn download_progress(
+        &self,
+        req: Request<PbCoordinates>,
+    ) -> Result<Response<ProgressStream>, Status> {
+        let c = Coordinates::from_pb(req.get_ref())?;
+        let inner = self.inner.clone();
+        let (progress, mut events) = Progress::channel(16);
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        // The download runs in a task of its own, in the request's trace
+        // and with its id; the stream's drop aborts it.
+        let rid = request_id::current().unwrap_or_else(request_id::generate);
+        let task = tokio::spawn(
+            request_id::scope(rid, async move {
+                let forward = async {
+                    while let Some(e) = events.recv().await {
+                        for m in to_pb(e) {
+                            if tx.send(Ok(m)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                };
+                let (verdict, ()) = tokio::join!(inner.download_progress(&c, progress), forward);
+                let last = verdict.map(|f| DownloadEvent {
+                    kind: Some(Kind::Stored(Fetched {
+                        version: f.version.as_str().to_string(),
+                        info: f.info,
+                    })),
+                });
+                let _ = tx.send(last.map_err(Status::from)).await;
+            })
+            .instrument(tracing::Span::current()),
+        );
+        Ok(Response::new(ProgressStream {
+            rx,
+            task: task.abort_handle(),
+        }))
+    }
+
     async fn download(&self, req: Request<PbCoordinates>) -> Result<Response<Fetched>, Status> {
         let c = Coordinates::from_pb(req.get_ref())?;
         let f = self.inner.download(&c).await?;

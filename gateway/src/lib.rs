@@ -14,6 +14,7 @@
 pub mod app;
 pub mod edge;
 pub mod error;
+pub mod flight;
 pub mod modes;
 pub mod observe;
 pub mod route;

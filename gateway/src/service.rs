@@ -14,7 +14,12 @@
 //!    cluster lock, so no gateway holds a version's lock while it queues
 //!    behind its own work;
 //! 3. the cluster lock (a lease kept alive while held), a re-check of
-//!    storage, the fetch (the fetcher stores), the release;
+//!    storage, the fetch (the fetcher stores), the release; the fetcher
+//!    reports as it goes ([`modmesh_fetcher::Fetcher::download_progress`]),
+//!    and requests waiting on the flight are answered from what it has
+//!    ([`crate::flight`]): `.info` and `.mod` as soon as the fetcher has
+//!    them, a `.zip` streamed from the flight's spool as it arrives (its
+//!    tail released once stored, the body aborted on a refusal);
 //! 4. the whole miss, slot and lock waits included, is bounded by one
 //!    deadline (`Timeout`), after which the caller gets `Timeout` (504).
 //!
@@ -28,6 +33,7 @@
 //! upstream are never cached; `list` and `@latest` then answer from what
 //! storage holds.
 
+use crate::flight::{Live, Recorder};
 use crate::modes::{DownloadPolicy, Mode, ModesConfig, NetworkMode};
 use crate::wire::Services;
 use bytes::Bytes;
@@ -44,7 +50,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
 /// The gateway's own keys (top level of the config file).
@@ -179,7 +185,12 @@ impl<T> Answer<T> {
     }
 }
 
-type Flight = Shared<BoxFuture<'static, Result<()>>>;
+/// A running miss: its end, and what it has so far.
+#[derive(Clone)]
+struct Flight {
+    done: Shared<BoxFuture<'static, Result<()>>>,
+    live: watch::Receiver<Live>,
+}
 
 /// Told, with the stored version's coordinates, each time a fetch by this
 /// gateway has made a version visible (the module index listens here).
@@ -382,7 +393,8 @@ impl ModuleService {
             return Ok(Answer::Ready((self.query_info(c).await?, Immutable(false))));
         }
         let storage = &self.inner.services.storage;
-        let info = self.read_through(c, || storage.info(c)).await?;
+        let early = |rx: &watch::Receiver<Live>| early_meta(rx, c).map(|(i, _)| i);
+        let info = self.read_through(c, || storage.info(c), early).await?;
         Ok(info.map(|i| (i, Immutable(true))))
     }
 
@@ -390,7 +402,8 @@ impl ModuleService {
     pub async fn go_mod(&self, c: &Coordinates) -> Result<Answer<Bytes>> {
         let c = self.resolve(c).await?;
         let storage = &self.inner.services.storage;
-        self.read_through(&c, || storage.go_mod(&c)).await
+        let early = |rx: &watch::Receiver<Live>| early_meta(rx, &c).map(|(_, m)| m);
+        self.read_through(&c, || storage.go_mod(&c), early).await
     }
 
     /// The zip of `c` (a query is resolved first), streamed from storage.
@@ -400,7 +413,8 @@ impl ModuleService {
             return Ok(Answer::Elsewhere(url));
         }
         let storage = &self.inner.services.storage;
-        self.read_through(&c, || storage.zip(&c)).await
+        self.read_through(&c, || storage.zip(&c), crate::flight::zip_reader)
+            .await
     }
 
     /// A presigned URL for the stored zip of `c`, when `ZipRedirectTTL` is
@@ -516,10 +530,17 @@ impl ModuleService {
     }
 
     /// Reads from storage; on a miss, does what the download mode says.
-    async fn read_through<T, F, Fut>(&self, c: &Coordinates, read: F) -> Result<Answer<T>>
+    /// While the miss's flight runs, `early` may answer from what it has.
+    async fn read_through<T, F, Fut, E>(
+        &self,
+        c: &Coordinates,
+        read: F,
+        early: E,
+    ) -> Result<Answer<T>>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
+        E: Fn(&watch::Receiver<Live>) -> Option<T>,
     {
         let d = Deadline::after(self.inner.settings.timeout);
         match d.run("storage read", read()).await {
@@ -557,7 +578,9 @@ impl ModuleService {
                 };
             }
         }
-        self.ensure(c).await?;
+        if let Some(t) = self.wait(self.flight(c), early).await? {
+            return Ok(Answer::Ready(t));
+        }
         Deadline::after(self.inner.settings.timeout)
             .run("storage read", read())
             .await
@@ -567,7 +590,36 @@ impl ModuleService {
     /// Makes sure a canonical version is stored: one fetch per version
     /// however many requests and gateways ask at once.
     async fn ensure(&self, c: &Coordinates) -> Result<()> {
-        let flight = {
+        self.flight(c).done.await
+    }
+
+    /// Waits for `flight` to end, or for `early` to answer from what it
+    /// has (`Some`).
+    async fn wait<T>(
+        &self,
+        flight: Flight,
+        early: impl Fn(&watch::Receiver<Live>) -> Option<T>,
+    ) -> Result<Option<T>> {
+        let Flight { mut done, mut live } = flight;
+        loop {
+            live.borrow_and_update();
+            if let Some(t) = early(&live) {
+                return Ok(Some(t));
+            }
+            tokio::select! {
+                r = &mut done => return r.map(|()| None),
+                changed = live.changed() => {
+                    if changed.is_err() {
+                        return done.await.map(|()| None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The flight of `c`: the running one, or a new one.
+    fn flight(&self, c: &Coordinates) -> Flight {
+        {
             let mut map = self
                 .inner
                 .in_flight
@@ -589,29 +641,56 @@ impl ModuleService {
                     };
                     // The flight's task stays in the trace of the request that started it.
                     let span = tracing::info_span!("gateway.fetch", module = %key);
+                    let (tx, live) = watch::channel(Live::default());
+                    let tx = Arc::new(tx);
                     let task = tokio::spawn(
                         request_id::scope(rid, async move {
                             let _entry = entry;
-                            this.fetch_once(&key, deadline).await
+                            let r = this.fetch_once(&key, deadline, tx.clone()).await;
+                            let answered_early = tx.borrow().meta.is_some();
+                            tx.send_modify(|l| l.verdict = Some(r.clone()));
+                            if r.is_ok() && answered_early {
+                                this.warm(&key, deadline).await;
+                            }
+                            r
                         })
                         .instrument(span),
                     );
-                    let f: Flight = async move {
+                    let done = async move {
                         task.await.unwrap_or_else(|e| {
                             Err(Error::internal(format!("fetch task failed: {e}")))
                         })
                     }
                     .boxed()
                     .shared();
+                    let f = Flight { done, live };
                     map.insert(c.clone(), f.clone());
                     f
                 }
             }
-        };
-        flight.await
+        }
     }
 
-    async fn fetch_once(&self, c: &Coordinates, deadline: Deadline) -> Result<()> {
+    /// Reads the `.info` and `.mod` of the just stored `c` once, so that
+    /// the gateway's tier (which fills on storage reads) holds what was
+    /// answered early from the flight.
+    async fn warm(&self, c: &Coordinates, deadline: Deadline) {
+        let s = &self.inner.services.storage;
+        let (i, m) = tokio::join!(
+            deadline.run("storage info", s.info(c)),
+            deadline.run("storage go.mod", s.go_mod(c))
+        );
+        if let Err(e) = i.and(m) {
+            tracing::debug!(%c, error = %e, "warming the tier after the fetch failed");
+        }
+    }
+
+    async fn fetch_once(
+        &self,
+        c: &Coordinates,
+        deadline: Deadline,
+        live: Arc<watch::Sender<Live>>,
+    ) -> Result<()> {
         let s = &self.inner.services;
         let started = Instant::now();
         // The local slot first: never hold the cluster lock while queueing.
@@ -629,8 +708,23 @@ impl ModuleService {
                 return Ok(());
             }
             let download = Instant::now();
+            // The fetcher's reports are recorded for the waiters as they come.
+            let (progress, mut events) = modmesh_fetcher::Progress::channel(16);
+            let mut recorder = Recorder::new(live);
+            let fetch = async {
+                let record = async {
+                    while let Some(e) = events.recv().await {
+                        recorder.apply(e).await;
+                    }
+                };
+                let (r, ()) = tokio::join!(
+                    deadline.run("upstream download", s.fetcher.download_progress(c, progress)),
+                    record
+                );
+                r
+            };
             let fetched = tokio::select! {
-                r = deadline.run("upstream download", s.fetcher.download(c)) => {
+                r = fetch => {
                     let result = if r.is_ok() { "ok" } else { "error" };
                     metrics::counter!("modmesh_upstream_fetches_total", "kind" => "download", "result" => result).increment(1);
                     metrics::histogram!("modmesh_upstream_fetch_duration_seconds", "kind" => "download").record(download.elapsed().as_secs_f64());
@@ -655,6 +749,15 @@ impl ModuleService {
             tracing::warn!(%c, error = %e, "lock release failed");
         }
         result
+    }
+}
+
+/// The `.info` and `.mod` of `c` a running flight has.
+fn early_meta(rx: &watch::Receiver<Live>, c: &Coordinates) -> Option<(Bytes, Bytes)> {
+    let l = rx.borrow();
+    match &l.meta {
+        Some((v, info, go_mod)) if *v == c.version => Some((info.clone(), go_mod.clone())),
+        _ => None,
     }
 }
 

@@ -226,6 +226,13 @@ impl Fetcher for SumDbCache {
     async fn download(&self, c: &Coordinates) -> Result<Fetched> {
         self.inner.download(c).await
     }
+    async fn download_progress(
+        &self,
+        c: &Coordinates,
+        progress: modmesh_fetcher::Progress,
+    ) -> Result<Fetched> {
+        self.inner.download_progress(c, progress).await
+    }
     async fn list(&self, module: &ModulePath) -> Result<Vec<String>> {
         self.inner.list(module).await
     }

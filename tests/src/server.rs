@@ -4,8 +4,9 @@
 //! It runs on its own thread and tokio runtime (so a test that blocks its own
 //! runtime cannot starve it), listens on `127.0.0.1:0`, streams files in 64 KiB
 //! chunks, answers 404 for anything missing, counts requests per path, can be
-//! told to delay every answer or throttle file bodies, and can be stopped (listener and open
-//! connections closed).
+//! told to delay every answer or throttle file bodies, can hold every zip
+//! body at its half until released (a gate), and can be stopped (listener
+//! and open connections closed).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -38,6 +39,8 @@ struct Shared {
     throttle: AtomicU64,
     /// 0: serve the files; [`HANG`]: never answer; else that status code.
     answer: AtomicU64,
+    /// While set, zip bodies stop after their first half.
+    zip_gate: std::sync::atomic::AtomicBool,
 }
 
 const HANG: u64 = u64::MAX;
@@ -122,6 +125,12 @@ impl StaticServer {
     /// so a download stays in flight for a known time.
     pub fn set_throttle(&self, bytes_per_sec: u64) {
         self.shared.throttle.store(bytes_per_sec, Ordering::SeqCst);
+    }
+
+    /// While `closed`, every zip body (those already being sent included)
+    /// sends its first half and then waits until the gate opens again.
+    pub fn set_zip_gate(&self, closed: bool) {
+        self.shared.zip_gate.store(closed, Ordering::SeqCst);
     }
 
     /// From now on answers as `a` says.
@@ -279,11 +288,25 @@ async fn handle(
         Empty::new().map_err(|e: Infallible| match e {}).boxed()
     } else {
         let rate = shared.throttle.load(Ordering::SeqCst);
-        let stream = ReaderStream::with_capacity(file, 64 * 1024).then(move |chunk| async move {
-            if let (Ok(b), true) = (&chunk, rate > 0) {
-                tokio::time::sleep(Duration::from_secs_f64(b.len() as f64 / rate as f64)).await;
+        let gate = rel.ends_with(".zip").then(|| shared.clone());
+        let half = meta.len() / 2;
+        let sent = Arc::new(AtomicU64::new(0));
+        let stream = ReaderStream::with_capacity(file, 64 * 1024).then(move |chunk| {
+            let (gate, sent) = (gate.clone(), sent.clone());
+            async move {
+                if let Some(g) = gate {
+                    while g.zip_gate.load(Ordering::SeqCst) && sent.load(Ordering::SeqCst) >= half {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                if let Ok(b) = &chunk {
+                    sent.fetch_add(b.len() as u64, Ordering::SeqCst);
+                }
+                if let (Ok(b), true) = (&chunk, rate > 0) {
+                    tokio::time::sleep(Duration::from_secs_f64(b.len() as f64 / rate as f64)).await;
+                }
+                chunk
             }
-            chunk
         });
         BodyExt::boxed(StreamBody::new(stream.map_ok(Frame::data)))
     };

@@ -27,10 +27,11 @@ use crate::gocmd::chain::{self, Entry, Failure};
 use crate::gocmd::{Class, GoFetcher, ProxyEnv};
 use crate::ingest::Downloaded;
 use crate::sumdb::{SumDb, SumDbClient};
-use crate::{Fetched, Fetcher, Storage};
+use crate::{Event, Fetched, Fetcher, Progress, Storage};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt};
 use modmesh_common::config::{err, ConfigError, Env, Section};
 use modmesh_common::Config;
 use modmesh_proto::{
@@ -147,6 +148,62 @@ enum Got {
     },
     /// Fetched (and verified) by the go command.
     Go(Downloaded),
+}
+
+/// The checksum database's records of the version being fetched, looked up
+/// once while it downloads.
+type SharedRecords<'a> = Shared<BoxFuture<'a, Result<Option<Records>>>>;
+
+/// What a download reports early, and what it reported.
+struct Early<'a> {
+    progress: &'a Progress,
+    /// The records the go.mod must match before it is reported; `None`: no
+    /// early `.info`/`.mod` (a query).
+    records: Option<SharedRecords<'a>>,
+    /// The `.info` and `.mod` reported, which the saved ones must equal.
+    sent: std::sync::Mutex<Option<(Bytes, Bytes)>>,
+}
+
+impl Early<'_> {
+    /// Reports `.info` and `.mod` once, when the go.mod's hash is the
+    /// database's (or the module is not checked).
+    async fn metadata(&self, version: &Version, info: &Bytes, go_mod: &Bytes) {
+        let Some(records) = &self.records else { return };
+        let verified = match records.clone().await {
+            Ok(None) => true,
+            Ok(Some(r)) => r.go_mod.as_deref() == Some(zipcheck::go_mod_hash(go_mod).as_str()),
+            Err(_) => false,
+        };
+        if !verified {
+            return;
+        }
+        {
+            let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+            if sent.is_some() {
+                return;
+            }
+            *sent = Some((info.clone(), go_mod.clone()));
+        }
+        self.progress
+            .send(Event::Metadata {
+                version: version.clone(),
+                info: info.clone(),
+                go_mod: go_mod.clone(),
+            })
+            .await;
+    }
+
+    /// Refuses a download whose `.info` or `.mod` differ from the reported
+    /// ones (another upstream of the list answered differently).
+    fn same(&self, c: &Coordinates, info: &Bytes, go_mod: &Bytes) -> Result<()> {
+        let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        match &*sent {
+            Some((i, m)) if i != info || m != go_mod => Err(Error::unavailable(format!(
+                "{c}: the upstreams answered different .info or .mod files"
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The native fetcher; see the module docs.
@@ -386,6 +443,7 @@ impl NativeFetcher {
         &self,
         base: &str,
         c: &Coordinates,
+        early: &Early<'_>,
     ) -> std::result::Result<Got, Failure> {
         // A canonical version's three files are asked at once; a query is
         // resolved first.
@@ -400,11 +458,18 @@ impl NativeFetcher {
         };
         let stem = format!("{base}/{}/@v/{}", c.module.escaped(), version.escaped());
         let (mod_url, zip_url) = (format!("{stem}.mod"), format!("{stem}.zip"));
-        let ((_, info), go_mod, zip) = tokio::try_join!(
-            self.query_from(base, &at),
-            self.get_small(&mod_url, zipcheck::MAX_GO_MOD as usize),
-            self.spool_zip(&zip_url, &at),
-        )?;
+        // `.info` and `.mod` are reported as soon as they are here and the
+        // go.mod is verified, while the zip goes on arriving.
+        let meta = async {
+            let ((_, info), go_mod) = tokio::try_join!(
+                self.query_from(base, &at),
+                self.get_small(&mod_url, zipcheck::MAX_GO_MOD as usize),
+            )?;
+            early.metadata(&version, &info, &go_mod).await;
+            Ok((info, go_mod))
+        };
+        let ((info, go_mod), zip) =
+            tokio::try_join!(meta, self.spool_zip(&zip_url, &at, early.progress))?;
         Ok(Got::Native {
             version,
             info,
@@ -414,11 +479,13 @@ impl NativeFetcher {
     }
 
     /// GETs the zip at `url` into an unnamed temporary file, refused past
-    /// [`zipcheck::MAX_ZIP`] as soon as the size is known.
+    /// [`zipcheck::MAX_ZIP`] as soon as the size is known; reports the
+    /// bytes to `progress` as they are spooled.
     async fn spool_zip(
         &self,
         url: &str,
         c: &Coordinates,
+        progress: &Progress,
     ) -> std::result::Result<std::fs::File, Failure> {
         let version = &c.version;
         let resp = self.get(url).await?;
@@ -442,6 +509,11 @@ impl NativeFetcher {
             )))
         })?;
         let mut file = tokio::fs::File::from_std(spool);
+        progress
+            .send(Event::ZipStart {
+                size: resp.content_length(),
+            })
+            .await;
         let mut n: u64 = 0;
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
@@ -458,6 +530,7 @@ impl NativeFetcher {
                         e.kind()
                     )))
                 })?;
+            progress.send(Event::ZipData(chunk)).await;
         }
         let mut zip = file.into_std().await;
         zip.flush()
@@ -524,8 +597,9 @@ impl NativeFetcher {
         .await
     }
 
-    /// Downloads `c` (resolving a query first) and checks it.
-    async fn fetch(&self, c: &Coordinates) -> Result<Downloaded> {
+    /// Downloads `c` (resolving a query first) and checks it, reporting to
+    /// `progress`.
+    async fn fetch(&self, c: &Coordinates, progress: &Progress) -> Result<Downloaded> {
         let _permit = self
             .workers
             .acquire()
@@ -549,21 +623,35 @@ impl NativeFetcher {
             &resolved
         };
         let key = c.key();
+        // A canonical version's records are looked up while it downloads.
+        let records: Option<SharedRecords<'_>> = c
+            .version
+            .is_canonical()
+            .then(|| self.records(&c.module, &c.version).boxed().shared());
+        let reporter = Early {
+            progress,
+            records: records.clone(),
+            sent: std::sync::Mutex::new(None),
+        };
+        let early_ref = &reporter;
         let walk = self.walk(
             &c.module,
             &key,
-            |base| async move { self.download_from(&base, c).await },
+            |base| async move { self.download_from(&base, c, early_ref).await },
             |gp| async move { self.go.fetch_via(c, gp.as_deref()).await.map(Got::Go) },
         );
-        // A canonical version's records are looked up while it downloads.
-        let (got, early) = if c.version.is_canonical() {
-            let (got, records) = tokio::join!(walk, self.records(&c.module, &c.version));
-            (got?, Some(records))
-        } else {
-            (walk.await?, None)
+        let (got, early) = match records {
+            Some(records) => {
+                let (got, records) = tokio::join!(walk, records);
+                (got?, Some(records))
+            }
+            None => (walk.await?, None),
         };
         let (version, info, go_mod, zip) = match got {
-            Got::Go(d) => return Ok(d),
+            Got::Go(d) => {
+                reporter.same(c, &d.info, &d.go_mod)?;
+                return Ok(d);
+            }
             Got::Native {
                 version,
                 info,
@@ -571,6 +659,7 @@ impl NativeFetcher {
                 zip,
             } => (version, info, go_mod, zip),
         };
+        reporter.same(c, &info, &go_mod)?;
         let module = c.module.as_str().to_string();
         let (v, gm) = (version.as_str().to_string(), go_mod.clone());
         let checked = tokio::task::spawn_blocking(move || {
@@ -689,6 +778,7 @@ impl NativeFetcher {
 }
 
 /// What a checksum database records for one module version.
+#[derive(Clone)]
 struct Records {
     db: String,
     zip: Option<String>,
@@ -766,7 +856,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[async_trait]
 impl Fetcher for NativeFetcher {
     async fn download(&self, c: &Coordinates) -> Result<Fetched> {
-        self.go.ingest().download(c, || self.fetch(c)).await
+        self.download_progress(c, Progress::none()).await
+    }
+
+    async fn download_progress(&self, c: &Coordinates, progress: Progress) -> Result<Fetched> {
+        self.go
+            .ingest()
+            .download(c, || self.fetch(c, &progress))
+            .await
     }
 
     async fn list(&self, module: &ModulePath) -> Result<Vec<String>> {
