@@ -149,6 +149,9 @@ pub async fn run(ctx: &Ctx) -> Result<()> {
     let mut targets = references(ctx);
     targets.extend(ours.targets("")?);
     targets.extend(plain.targets(" (tier off)")?);
+    // `--targets`: only the targets named (by prefix).
+    let only = &ctx.args.targets;
+    targets.retain(|t| only.is_empty() || only.iter().any(|o| t.name.starts_with(o.as_str())));
     for t in &targets {
         warm_all(t, &[fixtures::BASE, ONE_MEG]).await?;
     }
