@@ -13,6 +13,22 @@ use tonic::service::Routes;
 /// round trip.
 const WINDOW: u32 = 4 << 20;
 
+/// The largest HTTP/2 frame a peer may send: a whole stream window. With
+/// the protocol's default (16 KiB) a 1 MiB zip chunk crossed the hop as 64
+/// frames, and per-frame work (framing, flow control, waking the reader,
+/// the receiver's buffer growth) was the largest cost of a streamed zip on
+/// both sides after the copies (docs/transport.md).
+const FRAME: u32 = WINDOW;
+
+/// How many streams a client cancelled (a downloader that went away mid-zip)
+/// it remembers, so that the frames the server had already sent for them
+/// are dropped quietly. h2 remembers 50 by default and answers frames for a
+/// forgotten stream with a reset it counts as a local error; after 1,024 of
+/// those it closes the whole connection (ENHANCE_YOUR_CALM), failing every
+/// call on it: 64 clients that disconnected at once were enough, now and
+/// then, to cut 64 other downloads (docs/transport.md).
+const REMEMBERED_RESETS: usize = 4096;
+
 /// Serves `routes` on `listener` until `shutdown` resolves, reporting each of
 /// `names` (fully qualified service names) as SERVING on the health service.
 pub async fn serve_grpc(
@@ -48,6 +64,7 @@ pub async fn serve_grpc(
         .accept_http1(true)
         .initial_stream_window_size(WINDOW)
         .initial_connection_window_size(4 * WINDOW)
+        .max_frame_size(FRAME)
         // The caller's trace context (crate::telemetry) and the token check
         // (crate::security), each only when configured.
         .layer(tower::util::option_layer(crate::telemetry::server_layer(
@@ -72,7 +89,8 @@ pub fn channel(url: &str) -> Result<tonic::transport::Channel, tonic::transport:
 }
 
 /// Every gRPC channel of the mesh is built here: a lazy connection with a
-/// connect timeout, no Nagle delay, 4 MiB HTTP/2 windows, HTTP/2 keep-alive
+/// connect timeout, no Nagle delay, 4 MiB HTTP/2 windows and frames, room
+/// for many cancelled streams, HTTP/2 keep-alive
 /// pings (so a peer that froze or vanished is noticed even on an idle
 /// connection), and a deadline on every call (`call_timeout` until the
 /// response headers; a streamed body is not cut off). Calls are balanced
@@ -117,6 +135,8 @@ fn endpoint_settings(
         .keep_alive_while_idle(true)
         .initial_stream_window_size(WINDOW)
         .initial_connection_window_size(4 * WINDOW)
+        .max_frame_size(FRAME)
+        .http2_max_concurrent_reset_streams(REMEMBERED_RESETS)
 }
 
 /// A gRPC server on 127.0.0.1 and a free port, served the way every service

@@ -26,6 +26,7 @@ pub mod hashing;
 pub mod observed;
 pub mod server;
 pub mod watch;
+mod zipwire;
 
 /// A stream of zip bytes (each item at most [`modmesh_proto::MAX_CHUNK`]).
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;

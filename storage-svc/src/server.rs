@@ -55,9 +55,20 @@ pub fn service(storage: Arc<dyn Storage>) -> pb::storage_server::StorageServer<S
 }
 
 /// [`service`] as routes, for `modmesh_common::server::serve_grpc` or a
-/// server that serves other services too.
+/// server that serves other services too; `Zip` is answered without copying
+/// the zip into tonic's encode buffer (`crate::zipwire`), with the same
+/// messages on the wire.
 pub fn routes(storage: Arc<dyn Storage>) -> tonic::service::Routes {
-    tonic::service::Routes::new(service(storage))
+    let generated = tonic::service::Routes::new(service(storage.clone()));
+    // `Zip` without the generated service's copy of every chunk
+    // (crate::zipwire); the same messages on the wire.
+    let router = generated.into_axum_router().route(
+        crate::zipwire::PATH,
+        axum::routing::post(move |req: axum::extract::Request| {
+            crate::zipwire::serve(storage.clone(), req)
+        }),
+    );
+    tonic::service::Routes::from(router)
 }
 
 fn coords(pb: &pb::Coordinates) -> Result<Coordinates, Status> {
@@ -384,5 +395,22 @@ mod tests {
         );
         assert_eq!(parts[0].as_ptr(), big.as_ptr());
         assert_eq!(rechunk(Bytes::new()).count(), 0);
+    }
+
+    /// `Zip` reaches `crate::zipwire`, not the generated service: a request
+    /// that is not a `Coordinates` message is INVALID_ARGUMENT there
+    /// (the generated service says INTERNAL).
+    #[tokio::test]
+    async fn zip_is_served_without_the_generated_codec() {
+        use tower::ServiceExt;
+        let router = routes(Arc::new(crate::backends::MemoryStorage::new())).into_axum_router();
+        let req = axum::http::Request::post(crate::zipwire::PATH)
+            .header("content-type", "application/grpc")
+            .body(axum::body::Body::from(vec![0u8, 0, 0, 0, 3, 1, 2, 3]))
+            .unwrap();
+        let resp = router.oneshot(req).await.unwrap();
+        let status = Status::from_header_map(resp.headers()).expect("a trailers-only answer");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().starts_with("Zip request"), "{status:?}");
     }
 }

@@ -620,6 +620,10 @@ async fn server_rejects_malformed_saves() {
             tonic::Code::InvalidArgument
         );
         assert_eq!(
+            raw.zip(bad_coords.clone()).await.unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
             raw.list(pb::ModuleRef {
                 module: "nodot/x".into()
             })
@@ -677,11 +681,13 @@ async fn server_rejects_malformed_saves() {
     }
 }
 
-/// A backend that yields one big chunk (and optionally lies about the size),
-/// to check the server's re-chunking and size check.
+/// A backend that yields one big chunk (and optionally lies about the size,
+/// or fails after the chunk), to check the server's re-chunking, size check
+/// and errors in the middle of a zip.
 struct OneBigChunk {
     data: Bytes,
     announced: u64,
+    then_fail: Option<ErrorKind>,
     seen_request_ids: Mutex<Vec<Option<String>>>,
 }
 
@@ -708,9 +714,14 @@ impl Storage for OneBigChunk {
     }
     async fn zip(&self, _: &Coordinates) -> Result<ZipReader> {
         let data = self.data.clone();
+        let fail = self
+            .then_fail
+            .map(|k| Err(modmesh_proto::Error::new(k, "the disk went away")));
         Ok(ZipReader {
             size: self.announced,
-            stream: futures::stream::once(async move { Ok(data) }).boxed(),
+            stream: futures::stream::once(async move { Ok(data) })
+                .chain(futures::stream::iter(fail))
+                .boxed(),
         })
     }
     async fn exists(&self, _: &Coordinates) -> Result<bool> {
@@ -736,6 +747,7 @@ async fn server_rechunks_checks_sizes_and_keeps_error_kinds() {
     let backend = Arc::new(OneBigChunk {
         data: big.clone(),
         announced: big.len() as u64,
+        then_fail: None,
         seen_request_ids: Mutex::new(vec![]),
     });
     let server = serve(backend.clone()).await;
@@ -772,11 +784,46 @@ async fn server_rechunks_checks_sizes_and_keeps_error_kinds() {
     let liar = Arc::new(OneBigChunk {
         data: big.clone(),
         announced: big.len() as u64 + 1,
+        then_fail: None,
         seen_request_ids: Mutex::new(vec![]),
     });
     let server2 = serve(liar).await;
     let client2 = StorageClient::new(&server2.url).unwrap();
     assert!(compliance::read_zip(&client2, &c).await.is_err());
+
+    // A zip that fails after its first MiBs: the reader gets every byte
+    // sent before the failure, then the failure with its kind.
+    let failing = Arc::new(OneBigChunk {
+        data: big.clone(),
+        announced: 2 * big.len() as u64,
+        then_fail: Some(ErrorKind::Unavailable),
+        seen_request_ids: Mutex::new(vec![]),
+    });
+    let server3 = serve(failing).await;
+    let client3 = StorageClient::new(&server3.url).unwrap();
+    let mut z = client3.zip(&c).await.unwrap();
+    assert_eq!(z.size, 2 * big.len() as u64);
+    let mut got = 0usize;
+    let e = loop {
+        match z.stream.next().await {
+            Some(Ok(b)) => got += b.len(),
+            Some(Err(e)) => break e,
+            None => panic!("the zip stream ended without its error"),
+        }
+    };
+    assert_eq!(got, big.len());
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    assert!(e.to_string().contains("the disk went away"), "{e}");
+
+    // A zip the backend does not have: the kind crosses the hop before
+    // any data.
+    let missing = Arc::new(modmesh_storage::backends::MemoryStorage::new());
+    let server4 = serve(missing).await;
+    let client4 = StorageClient::new(&server4.url).unwrap();
+    let Err(e) = client4.zip(&c).await else {
+        panic!("a zip of an empty store")
+    };
+    assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
 }
 
 #[tokio::test]

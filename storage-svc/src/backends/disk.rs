@@ -33,9 +33,9 @@ use futures::StreamExt;
 use modmesh_proto::coords::compare_versions;
 use modmesh_proto::{is_canonical_version, Coordinates, Error, ModulePath, Result};
 
-/// Zip reads go in pieces of this size: well under `MAX_CHUNK`, small
-/// enough that concurrent downloads interleave fairly and stay in cache.
-const READ_CHUNK: usize = 128 << 10;
+/// Zip reads go in pieces of this size (one message on the wire each): a
+/// 1 MiB zip is one read. Memory stays bounded by a few pieces per download.
+const READ_CHUNK: usize = modmesh_proto::MAX_CHUNK;
 use std::collections::HashMap;
 use std::io::ErrorKind as IoKind;
 use std::path::{Component, Path, PathBuf};
@@ -381,17 +381,7 @@ impl Storage for DiskStorage {
     }
 
     async fn zip(&self, c: &Coordinates) -> Result<ZipReader> {
-        let vdir = self.visible_dir(c).await?;
-        let file = tokio::fs::File::open(vdir.join(ZIP_FILE))
-            .await
-            .map_err(|e| io_error(c, e))?;
-        let size = file.metadata().await?.len();
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK)
-            .map(|r| r.map_err(Error::from));
-        Ok(ZipReader {
-            size,
-            stream: stream.boxed(),
-        })
+        read_zip(self.version_dir(c)?, c).await
     }
 
     async fn exists(&self, c: &Coordinates) -> Result<bool> {
@@ -743,6 +733,65 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
+}
+
+/// The zip of the version in `vdir`: one blocking call checks that the
+/// version is visible, opens the zip and reads its first piece; each later
+/// piece is one blocking read straight into the buffer that is sent (no
+/// copy through an async file's buffer, one thread hand-off per MiB rather
+/// than per 128 KiB).
+/// A piece that ends early (a file cut short under us) ends the stream;
+/// the size check of whoever reads it then fails the download.
+async fn read_zip(vdir: PathBuf, c: &Coordinates) -> Result<ZipReader> {
+    let chunk = READ_CHUNK;
+    let version = c.version.as_str().to_string();
+    let opened = blocking(move || {
+        Ok((|| {
+            if !visible_sync(&vdir, &version)? {
+                return Ok(None);
+            }
+            let mut file = std::fs::File::open(vdir.join(ZIP_FILE))?;
+            let size = file.metadata()?.len();
+            let first = read_piece(&mut file, (size as usize).min(chunk))?;
+            Ok(Some((file, size, first)))
+        })())
+    })
+    .await?
+    .map_err(|e| io_error(c, e))?;
+    let Some((file, size, first)) = opened else {
+        return Err(not_found(c));
+    };
+    let left = size - first.len() as u64;
+    let rest = futures::stream::try_unfold((file, left), move |(mut file, left)| async move {
+        if left == 0 {
+            return Ok(None);
+        }
+        let want = (left as usize).min(chunk);
+        let (file, b) = blocking(move || {
+            let b = read_piece(&mut file, want)?;
+            Ok((file, b))
+        })
+        .await?;
+        if b.is_empty() {
+            return Ok(None);
+        }
+        let left = left - b.len() as u64;
+        Ok(Some((b, (file, left))))
+    });
+    let head = futures::stream::iter((!first.is_empty()).then_some(Ok(first)));
+    Ok(ZipReader {
+        size,
+        stream: head.chain(rest).boxed(),
+    })
+}
+
+/// Up to `want` bytes of `file` from where it stands, read into a buffer of
+/// exactly that capacity (not zeroed first, never copied afterwards).
+fn read_piece(file: &mut std::fs::File, want: usize) -> std::io::Result<Bytes> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(want);
+    file.by_ref().take(want as u64).read_to_end(&mut buf)?;
+    Ok(Bytes::from(buf))
 }
 
 /// Writes `data` to a new file at `path` and fsyncs it.

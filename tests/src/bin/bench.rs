@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo build --release -p modmesh-gateway -p modmesh-storage-svc -p modmesh-lock-svc -p modmesh-fetcher-svc --bins
-//! cargo run --release -p modmesh-tests --bin bench -- [--seconds N] [--concurrency C] [--big-mib M] [--only a,b] [--builtin-client]
+//! cargo run --release -p modmesh-tests --bin bench -- [--seconds N] [--concurrency C] [--big-mib M] [--only a,b] [--targets a,b] [--builtin-client]
 //! ```
 //!
 //! Sections: `warm` (warm `.info` and 1 MiB `.zip` req/s and latency for
@@ -49,6 +49,9 @@ pub struct Args {
     pub only: Vec<String>,
     /// Use the built-in load generator even if wrk is installed.
     pub builtin_client: bool,
+    /// Targets of the `warm` section to measure, by name prefix (all when
+    /// empty), e.g. `mesh (tier off)`.
+    pub targets: Vec<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -58,6 +61,7 @@ fn parse_args() -> Result<Args> {
         big_mib: 200,
         only: Vec::new(),
         builtin_client: false,
+        targets: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -77,10 +81,13 @@ fn parse_args() -> Result<Args> {
                 .only
                 .extend(val("--only")?.split(',').map(|s| s.trim().to_string())),
             "--builtin-client" => a.builtin_client = true,
+            "--targets" => a
+                .targets
+                .extend(val("--targets")?.split(',').map(|s| s.trim().to_string())),
             "-h" | "--help" => {
                 println!(
                     "bench [--seconds N (5)] [--concurrency C (64)] [--big-mib M (200)] \
-                     [--only SECTION,… ({})] [--builtin-client]",
+                     [--only SECTION,… ({})] [--targets NAME,…] [--builtin-client]",
                     SECTIONS.join(",")
                 );
                 std::process::exit(0);

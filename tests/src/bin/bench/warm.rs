@@ -168,6 +168,9 @@ pub async fn run(ctx: &Ctx) -> Result<()> {
     targets.extend(ours.targets("")?);
     targets.extend(plain.targets(" (tier off)")?);
     targets.extend(disk.targets(" (tier on disk only)")?);
+    // `--targets`: only the targets named (by prefix).
+    let only = &ctx.args.targets;
+    targets.retain(|t| only.is_empty() || only.iter().any(|o| t.name.starts_with(o.as_str())));
     for t in &targets {
         warm_all(t, &[fixtures::BASE, ONE_MEG]).await?;
     }
