@@ -1817,17 +1817,13 @@ async fn native_fetcher_refuses_bad_modules_and_stores_nothing() -> Result<()> {
     // The database records every module of the upstream; BASE's zip hash
     // is wrong.
     let db = TestSumDb::start(w.proxy.root(), Some(BASE)).await?;
-    let mut spec = embedded_spec(
+    let spec = native_spec(
         "gw-native",
         w.tmp.path(),
         &Store::Disk(w.store.clone()),
         &w.upstream.url(),
+        &db.gosumdb(),
     )?;
-    spec.set(
-        "ATHENS_GO_BINARY_ENV_VARS",
-        format!("GOPROXY={};GOSUMDB={}", w.upstream.url(), db.gosumdb()),
-    );
-    spec.set("ATHENS_FETCHER_MODE", "native");
     let gw = start_gateway(spec).await?;
     let before = tree(&w.store)?;
 
@@ -1933,17 +1929,13 @@ async fn native_fetcher_proves_records_and_tree_heads() -> Result<()> {
         })?;
     }
     let db = TestSumDb::start_with(w.proxy.root(), &["-pad", "300", "-forge", BASE]).await?;
-    let mut spec = embedded_spec(
+    let spec = native_spec(
         "gw-proofs",
         w.tmp.path(),
         &Store::Disk(w.store.clone()),
         &w.upstream.url(),
+        &db.gosumdb(),
     )?;
-    spec.set(
-        "ATHENS_GO_BINARY_ENV_VARS",
-        format!("GOPROXY={};GOSUMDB={}", w.upstream.url(), db.gosumdb()),
-    );
-    spec.set("ATHENS_FETCHER_MODE", "native");
     let gw = start_gateway(spec).await?;
 
     // (a) The graph and a standard module, eight at a time.
@@ -2005,18 +1997,14 @@ async fn native_fetcher_proves_records_and_tree_heads() -> Result<()> {
     std::fs::create_dir_all(w.tmp.path().join("store-a"))?;
     spec.set("ATHENS_SUM_DBS", db.url.clone());
     let gw_a = start_gateway(spec).await?;
-    let mut spec = embedded_spec(
+    std::fs::create_dir_all(w.tmp.path().join("store-b"))?;
+    let spec = native_spec(
         "gw-proofs-b",
         w.tmp.path(),
         &Store::Disk(w.tmp.path().join("store-b")),
         &gw_a.url(),
+        &db.vkey,
     )?;
-    std::fs::create_dir_all(w.tmp.path().join("store-b"))?;
-    spec.set(
-        "ATHENS_GO_BINARY_ENV_VARS",
-        format!("GOPROXY={};GOSUMDB={}", gw_a.url(), db.vkey),
-    );
-    spec.set("ATHENS_FETCHER_MODE", "native");
     let gw_b = start_gateway(spec).await?;
     let r = get(&format!(
         "{}{}",
@@ -2535,4 +2523,22 @@ async fn cold_zips_stream_while_they_arrive() -> Result<()> {
         .map_err(|e| anyhow!("{e:#}\n{}", mesh.log_tails(4000)))?;
     mesh.stop()?;
     Ok(())
+}
+
+/// An embedded gateway's spec whose native fetcher fetches from `goproxy`
+/// and verifies against the checksum database `gosumdb` names.
+fn native_spec(
+    label: &str,
+    dir: &Path,
+    store: &Store,
+    goproxy: &str,
+    gosumdb: &str,
+) -> Result<modmesh_tests::procs::Spec> {
+    let mut spec = embedded_spec(label, dir, store, goproxy)?;
+    spec.set(
+        "ATHENS_GO_BINARY_ENV_VARS",
+        format!("GOPROXY={goproxy};GOSUMDB={gosumdb}"),
+    );
+    spec.set("ATHENS_FETCHER_MODE", "native");
+    Ok(spec)
 }

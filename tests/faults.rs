@@ -134,15 +134,24 @@ fn assert_upstream_fault(case: &str, g: &Got, logs: &str) -> Result<()> {
 /// returns (with the process frozen by SIGSTOP) once the temporary zip holds
 /// at least `at` bytes.
 async fn freeze_at(storage: &Proc, store: &Path, at: u64) -> Result<PathBuf> {
-    let near = at.saturating_sub(16 << 20);
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    let zip = wait_for(Duration::from_secs(120), "the save nears its mark", || {
-        temporaries(store)
+    // From the save's first bytes on, storage-svc runs in short steps: at
+    // gigabytes a second, a poll between two steps could miss the mark and
+    // the end alike.
+    let started = Instant::now();
+    let zip = loop {
+        if let Some(z) = temporaries(store)
             .into_iter()
             .map(|d| d.join("source.zip"))
-            .find(|z| size(z) >= near)
-    })
-    .await?;
+            .find(|z| z.exists())
+        {
+            break z;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the save did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         signal(storage, Signal::SIGSTOP)?;
@@ -155,7 +164,9 @@ async fn freeze_at(storage: &Proc, store: &Path, at: u64) -> Result<PathBuf> {
             bail!("the save did not reach {at} bytes");
         }
         signal(storage, Signal::SIGCONT)?;
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // Short steps: storage-svc writes gigabytes a second, and the last
+        // mark leaves only a few MiB before the end.
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
 
