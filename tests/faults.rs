@@ -170,6 +170,25 @@ async fn freeze_at(storage: &Proc, store: &Path, at: u64) -> Result<PathBuf> {
     }
 }
 
+/// `url` asked while `frozen` is stopped (SIGSTOP) gets an honest upstream
+/// fault; asked again once it runs (SIGCONT), it is served.
+async fn frozen_then_thawed(case: &str, mesh: &Mesh, frozen: &Proc, url: String) -> Result<()> {
+    signal(frozen, Signal::SIGSTOP)?;
+    let got = get(url.clone()).await;
+    signal(frozen, Signal::SIGCONT)?;
+    assert_upstream_fault(case, &got, &mesh.log_tails(3000))?;
+    figure(case, &format!("status {:?} in", got.status), got.took);
+    let retry = get(url).await;
+    assert_eq!(
+        retry.status,
+        Some(200),
+        "{retry:?}\n{}",
+        mesh.log_tails(3000)
+    );
+    figure(case, "retry after thaw served in", retry.took);
+    Ok(())
+}
+
 /// Restarts a killed process with the same environment and address.
 async fn restart(p: &mut Proc) -> Result<()> {
     let _ = p.try_exit();
@@ -427,14 +446,7 @@ async fn a_killed_fetcher_leaves_no_go_and_no_job_dir() -> Result<()> {
         mesh.gateways[0].url(),
         fixtures::url_path(fixtures::MIXED, fixtures::MIXED_V, "zip")
     );
-    signal(&mesh.fetchers[0], Signal::SIGSTOP)?;
-    let got = get(url.clone()).await;
-    signal(&mesh.fetchers[0], Signal::SIGCONT)?;
-    assert_upstream_fault(FROZEN, &got, &mesh.log_tails(3000))?;
-    figure(FROZEN, &format!("status {:?} in", got.status), got.took);
-    let retry = get(url).await;
-    assert_eq!(retry.status, Some(200), "{retry:?}");
-    figure(FROZEN, "retry after thaw served in", retry.took);
+    frozen_then_thawed(FROZEN, &mesh, &mesh.fetchers[0], url).await?;
     mesh.stop()
 }
 
@@ -543,14 +555,7 @@ async fn a_killed_storage_mid_save_leaves_nothing_visible() -> Result<()> {
         mesh.gateways[0].url(),
         fixtures::url_path(MODULE, "v1.0.0", "info")
     );
-    signal(&mesh.storage, Signal::SIGSTOP)?;
-    let got = get(url.clone()).await;
-    signal(&mesh.storage, Signal::SIGCONT)?;
-    assert_upstream_fault(FROZEN, &got, &mesh.log_tails(3000))?;
-    figure(FROZEN, &format!("status {:?} in", got.status), got.took);
-    let retry = get(url).await;
-    assert_eq!(retry.status, Some(200), "{retry:?}");
-    figure(FROZEN, "retry after thaw served in", retry.took);
+    frozen_then_thawed(FROZEN, &mesh, &mesh.storage, url).await?;
     mesh.stop()
 }
 
@@ -643,19 +648,7 @@ async fn a_killed_lock_holder_blocks_its_version_only_for_the_lease_ttl() -> Res
         mesh.gateways[1].url(),
         fixtures::url_path(fixtures::LEGACY, fixtures::LEGACY_V, "zip")
     );
-    signal(&mesh.lock, Signal::SIGSTOP)?;
-    let got = get(url.clone()).await;
-    signal(&mesh.lock, Signal::SIGCONT)?;
-    assert_upstream_fault(FROZEN, &got, &mesh.log_tails(3000))?;
-    figure(FROZEN, &format!("status {:?} in", got.status), got.took);
-    let retry = get(url).await;
-    assert_eq!(
-        retry.status,
-        Some(200),
-        "{retry:?}\n{}",
-        mesh.log_tails(3000)
-    );
-    figure(FROZEN, "retry after thaw served in", retry.took);
+    frozen_then_thawed(FROZEN, &mesh, &mesh.lock, url).await?;
     mesh.gateways.remove(0);
     mesh.stop()
 }

@@ -86,6 +86,45 @@ pub(crate) fn rechunk(mut b: Bytes) -> impl Iterator<Item = Bytes> {
     })
 }
 
+/// A stored zip's bytes in pieces of at most [`MAX_CHUNK`] (no copying),
+/// for both ways of answering `Zip`. A backend's error ends the stream with
+/// that error; so does a backend that yields another size than the one it
+/// announced.
+pub(crate) fn pieces(
+    reader: crate::ZipReader,
+    key: String,
+) -> BoxStream<'static, Result<Bytes, Status>> {
+    let size = reader.size;
+    futures::stream::unfold(
+        (reader.stream, 0u64, false),
+        move |(mut stream, mut sent, done)| {
+            let key = key.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                let items: Vec<Result<Bytes, Status>> = match stream.next().await {
+                    Some(Ok(b)) => {
+                        sent += b.len() as u64;
+                        rechunk(b).map(Ok).collect()
+                    }
+                    Some(Err(e)) => return Some((vec![Err(e.into())], (stream, sent, true))),
+                    None if sent != size => {
+                        let e = Status::internal(format!(
+                            "{key}: the stored zip has {sent} bytes, not the {size} announced"
+                        ));
+                        return Some((vec![Err(e)], (stream, sent, true)));
+                    }
+                    None => return None,
+                };
+                Some((items, (stream, sent, false)))
+            }
+        },
+    )
+    .flat_map(futures::stream::iter)
+    .boxed()
+}
+
 /// State of an incoming save stream as the backend reads it.
 struct Incoming {
     inbound: Streaming<pb::SaveChunk>,
@@ -191,50 +230,16 @@ impl pb::storage_server::Storage for StorageService {
         let c = coords(req.get_ref())?;
         let reader = self.storage.zip(&c).await?;
         let size = reader.size;
-        let key: Arc<str> = c.to_string().into();
         let header = futures::stream::once(async move {
             Ok(pb::ZipChunk {
                 kind: Some(zip_chunk::Kind::Header(pb::ZipHeader { size })),
             })
         });
-        // Data in pieces of at most MAX_CHUNK; a backend that yields a size
-        // other than the one it announced ends the stream with an error.
-        let data = futures::stream::unfold(
-            (reader.stream, 0u64, false),
-            move |(mut stream, mut sent, done)| {
-                let key = key.clone();
-                async move {
-                    if done {
-                        return None;
-                    }
-                    match stream.next().await {
-                        Some(Ok(b)) => {
-                            sent += b.len() as u64;
-                            let chunks: Vec<Result<pb::ZipChunk, Status>> = rechunk(b)
-                                .map(|d| {
-                                    Ok(pb::ZipChunk {
-                                        kind: Some(zip_chunk::Kind::Data(d)),
-                                    })
-                                })
-                                .collect();
-                            Some((futures::stream::iter(chunks), (stream, sent, false)))
-                        }
-                        Some(Err(e)) => Some((
-                            futures::stream::iter(vec![Err(e.into())]),
-                            (stream, sent, true),
-                        )),
-                        None if sent != size => {
-                            let e = Status::internal(format!(
-                                "{key}: the stored zip has {sent} bytes, not the {size} announced"
-                            ));
-                            Some((futures::stream::iter(vec![Err(e)]), (stream, sent, true)))
-                        }
-                        None => None,
-                    }
-                }
-            },
-        )
-        .flatten();
+        let data = pieces(reader, c.to_string()).map(|r| {
+            r.map(|d| pb::ZipChunk {
+                kind: Some(zip_chunk::Kind::Data(d)),
+            })
+        });
         Ok(Response::new(header.chain(data).boxed()))
     }
 

@@ -6,7 +6,7 @@
 //! cost of a warm zip in storage-svc. The bytes on the wire are exactly the
 //! generated service's, so every gRPC client (tonic's, grpcurl) reads them.
 
-use crate::server::rechunk;
+use crate::server::pieces;
 use crate::Storage;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
@@ -57,38 +57,24 @@ async fn start(
         kind: Some(zip_chunk::Kind::Header(pb::ZipHeader { size })),
     };
     let head = Frame::data(message(&header.encode_to_vec()));
-    let key = c.to_string();
     // The data in messages of at most MAX_CHUNK, each a small prefix frame
     // and the piece itself; the trailers say how the stream ended.
-    let data = futures::stream::unfold(
-        (reader.stream, 0u64, false),
-        move |(mut stream, mut sent, done)| {
-            let key = key.clone();
-            async move {
-                if done {
-                    return None;
+    let data = pieces(reader, c.to_string())
+        .map(Some)
+        .chain(futures::stream::once(async { None }))
+        .scan(false, |failed, item| {
+            let frames = match item {
+                Some(Ok(d)) => vec![Frame::data(data_prefix(d.len())), Frame::data(d)],
+                Some(Err(e)) => {
+                    *failed = true;
+                    vec![trailers(e)]
                 }
-                let frames: Vec<Frame<Bytes>> = match stream.next().await {
-                    Some(Ok(b)) => {
-                        sent += b.len() as u64;
-                        rechunk(b)
-                            .flat_map(|d| [Frame::data(data_prefix(d.len())), Frame::data(d)])
-                            .collect()
-                    }
-                    Some(Err(e)) => return Some((vec![trailers(e.into())], (stream, sent, true))),
-                    None if sent != size => {
-                        let e = Status::internal(format!(
-                            "{key}: the stored zip has {sent} bytes, not the {size} announced"
-                        ));
-                        return Some((vec![trailers(e)], (stream, sent, true)));
-                    }
-                    None => return Some((vec![trailers(Status::ok(""))], (stream, sent, true))),
-                };
-                Some((frames, (stream, sent, false)))
-            }
-        },
-    )
-    .flat_map(futures::stream::iter);
+                None if *failed => Vec::new(),
+                None => vec![trailers(Status::ok(""))],
+            };
+            std::future::ready(Some(frames))
+        })
+        .flat_map(futures::stream::iter);
     let frames = futures::stream::once(async move { head })
         .chain(data)
         .map(Ok::<_, Infallible>);
