@@ -75,6 +75,8 @@ pub fn balanced_channel(
         let ep = Endpoint::from_shared(format!("{scheme}://{addr}"))?.origin(uri.clone());
         Ok(configure(ep))
     };
+    let asked = Arc::new(Asked::default());
+    register(&asked);
     tokio::spawn(async move {
         let mut current: BTreeSet<SocketAddr> = BTreeSet::new();
         let mut has_name = true;
@@ -116,13 +118,67 @@ pub fn balanced_channel(
                 }
                 current = live;
             }
+            asked.passes.send_modify(|n| *n += 1);
             tokio::select! {
                 _ = tokio::time::sleep(refresh) => {}
+                _ = asked.wake.notified() => {}
                 _ = changes.closed() => return,
             }
         }
     });
     Ok(channel)
+}
+
+/// How a balanced channel's re-resolution task is asked for a pass out of
+/// turn ([`refresh_now`]) and says it has made one.
+#[derive(Default)]
+struct Asked {
+    wake: tokio::sync::Notify,
+    passes: tokio::sync::watch::Sender<u64>,
+}
+
+/// Every balanced channel's [`Asked`] in this process (dead ones are
+/// dropped as they are found).
+static ASKED: std::sync::Mutex<Vec<std::sync::Weak<Asked>>> = std::sync::Mutex::new(Vec::new());
+
+fn register(asked: &Arc<Asked>) {
+    let mut all = ASKED.lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|a| a.strong_count() > 0);
+    all.push(Arc::downgrade(asked));
+}
+
+/// How long [`refresh_now`] waits for the passes it asked for.
+const REFRESH_NOW_WAIT: Duration = Duration::from_millis(1500);
+
+/// Has every balanced channel of this process re-resolve and probe its name
+/// now, and waits (at most 1.5 s) until each has: a replica that went away
+/// since the last pass leaves its balance before the caller tries again.
+/// Called when a call could not connect
+/// ([`crate::server::retry_unsent`]).
+pub async fn refresh_now() {
+    let all: Vec<Arc<Asked>> = {
+        let mut all = ASKED.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|a| a.strong_count() > 0);
+        all.iter().filter_map(std::sync::Weak::upgrade).collect()
+    };
+    let waits = all.into_iter().map(|asked| async move {
+        let mut passes = asked.passes.subscribe();
+        let seen = *passes.borrow_and_update();
+        asked.wake.notify_one();
+        let _ = tokio::time::timeout(REFRESH_NOW_WAIT, passes.wait_for(|n| *n > seen)).await;
+    });
+    futures_join_all(waits).await;
+}
+
+/// Runs `futures` to completion together.
+async fn futures_join_all<F: Future<Output = ()> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) {
+    let mut set = tokio::task::JoinSet::new();
+    for f in futures {
+        set.spawn(f);
+    }
+    while set.join_next().await.is_some() {}
 }
 
 /// An endpoint of the balance: the name (before the first answer) or one

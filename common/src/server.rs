@@ -185,3 +185,67 @@ impl Drop for LoopbackServer {
         }
     }
 }
+
+/// Whether a failed call never reached a server: its connection could not
+/// be made (tonic maps the connector's error to `Unavailable` with the
+/// connector's words: "tcp connect error", "dns error", ...). Such a call can
+/// be made again whatever it does.
+pub fn unsent(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable && {
+        let m = status.message();
+        m.starts_with("tcp ") || m.starts_with("dns error")
+    }
+}
+
+/// The pauses before each new attempt of [`retry_unsent`].
+const UNSENT_PAUSES: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(50),
+    std::time::Duration::from_millis(150),
+    std::time::Duration::from_millis(400),
+];
+
+/// Makes the call `call` builds, and makes it again (at most three more
+/// times) while it fails without having reached a server ([`unsent`]). A
+/// replica that went away is still in a channel's balance until the next
+/// re-resolution, and a connection attempt that failed while a server
+/// restarted is reported to the next call that picks it; both are such
+/// failures. Before each new attempt every balanced channel re-resolves and
+/// probes its name ([`crate::balance::refresh_now`]), so the next attempt
+/// goes to a live replica or over a new connection. A server that stays
+/// down still fails the call, within about a second when it refuses
+/// connections.
+pub async fn retry_unsent<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    for pause in UNSENT_PAUSES {
+        match call().await {
+            Err(status) if unsent(&status) => {
+                tracing::debug!(error = %status, "a call could not connect; trying again");
+                tokio::time::sleep(pause).await;
+                crate::balance::refresh_now().await;
+            }
+            done => return done,
+        }
+    }
+    call().await
+}
+
+/// `rpc!(stub, method(request))`: calls `method` with `request` on `stub`
+/// (both expressions, evaluated again for each attempt, so a clone of a
+/// generated client and a fresh message), through [`retry_unsent`], and
+/// gives the reply's message; a failure returns from the enclosing function
+/// through `?`.
+#[macro_export]
+macro_rules! rpc {
+    ($stub:expr, $method:ident ($req:expr)) => {
+        $crate::server::retry_unsent(|| {
+            let mut stub = $stub;
+            let req = $req;
+            async move { stub.$method(req).await }
+        })
+        .await?
+        .into_inner()
+    };
+}

@@ -4,7 +4,7 @@
 use crate::{Event, Fetched, Fetcher, Progress};
 use async_trait::async_trait;
 use bytes::Bytes;
-use modmesh_common::request_id;
+use modmesh_common::{request_id, rpc};
 use modmesh_proto::pb::download_event::Kind;
 use modmesh_proto::pb::fetcher_client::FetcherClient as RpcClient;
 use modmesh_proto::pb::{ModuleRef, SumDbRequest};
@@ -64,7 +64,7 @@ fn resolved(c: &Coordinates, version: &str) -> Result<Version> {
 #[async_trait]
 impl Fetcher for FetcherClient {
     async fn download(&self, c: &Coordinates) -> Result<Fetched> {
-        let reply = self.inner.clone().download(c.to_pb()).await?.into_inner();
+        let reply = rpc!(self.inner.clone(), download(c.to_pb()));
         Ok(Fetched {
             version: resolved(c, &reply.version)?,
             info: reply.info,
@@ -74,12 +74,7 @@ impl Fetcher for FetcherClient {
     /// `DownloadProgress`: the service's events are passed on as they
     /// arrive; the last message is the verdict.
     async fn download_progress(&self, c: &Coordinates, progress: Progress) -> Result<Fetched> {
-        let mut stream = self
-            .inner
-            .clone()
-            .download_progress(c.to_pb())
-            .await?
-            .into_inner();
+        let mut stream = rpc!(self.inner.clone(), download_progress(c.to_pb()));
         while let Some(m) = stream.message().await? {
             let e = match m.kind {
                 Some(Kind::Metadata(m)) => Event::Metadata {
@@ -110,11 +105,11 @@ impl Fetcher for FetcherClient {
         let req = ModuleRef {
             module: module.as_str().to_string(),
         };
-        Ok(self.inner.clone().list(req).await?.into_inner().versions)
+        Ok(rpc!(self.inner.clone(), list(req.clone())).versions)
     }
 
     async fn query(&self, c: &Coordinates) -> Result<Bytes> {
-        let reply = self.inner.clone().query(c.to_pb()).await?.into_inner();
+        let reply = rpc!(self.inner.clone(), query(c.to_pb()));
         Ok(reply.data)
     }
 
@@ -123,18 +118,22 @@ impl Fetcher for FetcherClient {
             db: db.to_string(),
             path: path.to_string(),
         };
-        Ok(self.inner.clone().sum_db(req).await?.into_inner().data)
+        Ok(rpc!(self.inner.clone(), sum_db(req.clone())).data)
     }
 
     /// `grpc.health.v1.Health/Check` for `modmesh.v1.Fetcher`, within
     /// [`HEALTH_DEADLINE`].
     async fn health(&self) -> Result<()> {
-        let mut req = tonic::Request::new(HealthCheckRequest {
-            service: crate::server::SERVICE_NAME.to_string(),
+        let client = HealthClient::new(self.channel.clone());
+        let check = modmesh_common::server::retry_unsent(|| {
+            let mut client = client.clone();
+            let mut req = tonic::Request::new(HealthCheckRequest {
+                service: crate::server::SERVICE_NAME.to_string(),
+            });
+            req.set_timeout(HEALTH_DEADLINE);
+            async move { client.check(req).await }
         });
-        req.set_timeout(HEALTH_DEADLINE);
-        let mut client = HealthClient::new(self.channel.clone());
-        let reply = tokio::time::timeout(HEALTH_DEADLINE, client.check(req))
+        let reply = tokio::time::timeout(HEALTH_DEADLINE, check)
             .await
             .map_err(|_| {
                 Error::timeout(format!(

@@ -67,14 +67,20 @@ impl LockClient {
 /// Sends `msg` with a gRPC deadline of `deadline` (plus a little, so the
 /// server is never cut off before the client's own timer, which maps to
 /// `Timeout`) and waits at most `deadline` for the answer.
-async fn call<M, T, F, Fut>(what: &str, msg: M, deadline: Duration, f: F) -> Result<T>
+/// A call that could not connect is made again within that time
+/// ([`modmesh_common::server::retry_unsent`]).
+async fn call<M, T, F, Fut>(what: &str, msg: M, deadline: Duration, mut f: F) -> Result<T>
 where
-    F: FnOnce(tonic::Request<M>) -> Fut,
+    M: Clone,
+    F: FnMut(tonic::Request<M>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let mut req = tonic::Request::new(msg);
-    req.set_timeout(deadline.saturating_add(Duration::from_millis(500)));
-    match tokio::time::timeout(deadline, f(req)).await {
+    let attempts = modmesh_common::server::retry_unsent(|| {
+        let mut req = tonic::Request::new(msg.clone());
+        req.set_timeout(deadline.saturating_add(Duration::from_millis(500)));
+        f(req)
+    });
+    match tokio::time::timeout(deadline, attempts).await {
         Ok(Ok(resp)) => Ok(resp.into_inner()),
         Ok(Err(status)) => Err(status.into()),
         Err(_) => Err(Error::timeout(format!(
@@ -95,8 +101,12 @@ impl Lock for LockClient {
         let deadline = wait
             .min(crate::server::MAX_WAIT)
             .saturating_add(ACQUIRE_SLACK);
-        let mut c = self.inner.clone();
-        let g = call("Acquire", msg, deadline, |r| c.acquire(r)).await?;
+        let c = self.inner.clone();
+        let g = call("Acquire", msg, deadline, |r| {
+            let mut c = c.clone();
+            async move { c.acquire(r).await }
+        })
+        .await?;
         Ok(Lease {
             key: key.to_string(),
             id: g.lease_id,
@@ -111,8 +121,12 @@ impl Lock for LockClient {
             lease_id: lease.id.clone(),
         };
         let deadline = lease.ttl.clamp(Duration::from_secs(1), RPC_TIMEOUT);
-        let mut c = self.inner.clone();
-        call("KeepAlive", msg, deadline, |r| c.keep_alive(r)).await?;
+        let c = self.inner.clone();
+        call("KeepAlive", msg, deadline, |r| {
+            let mut c = c.clone();
+            async move { c.keep_alive(r).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -121,8 +135,12 @@ impl Lock for LockClient {
             key: lease.key.clone(),
             lease_id: lease.id.clone(),
         };
-        let mut c = self.inner.clone();
-        call("Release", msg, RPC_TIMEOUT, |r| c.release(r)).await?;
+        let c = self.inner.clone();
+        call("Release", msg, RPC_TIMEOUT, |r| {
+            let mut c = c.clone();
+            async move { c.release(r).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -132,11 +150,16 @@ impl Lock for LockClient {
     async fn health(&self) -> Result<()> {
         use tonic_health::pb::health_check_response::ServingStatus;
         use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-        let mut c = HealthClient::new(self.channel.clone());
+        let c = HealthClient::new(self.channel.clone());
         let msg = HealthCheckRequest {
             service: crate::server::SERVICE_NAME.to_string(),
         };
-        let status = match call("Health/Check", msg, HEALTH_TIMEOUT, |r| c.check(r)).await {
+        let status = match call("Health/Check", msg, HEALTH_TIMEOUT, |r| {
+            let mut c = c.clone();
+            async move { c.check(r).await }
+        })
+        .await
+        {
             Ok(r) => r.status(),
             Err(e) => {
                 return Err(Error::unavailable(format!(

@@ -8,7 +8,7 @@ use crate::{ByteStream, Capabilities, CatalogPage, SaveRequest, Storage, Version
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use modmesh_common::request_id;
+use modmesh_common::{request_id, rpc};
 use modmesh_proto::pb::{self, save_chunk, zip_chunk};
 use modmesh_proto::{Coordinates, Error, ModulePath, Result, MAX_MESSAGE};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -67,7 +67,7 @@ impl StorageClient {
     /// [`Storage::capabilities`] (which, until then, declares nothing
     /// optional).
     pub async fn fetch_capabilities(&self) -> Result<Capabilities> {
-        let reply = self.grpc().capabilities(pb::Empty {}).await?.into_inner();
+        let reply = rpc!(self.grpc(), capabilities(pb::Empty {}));
         let caps = Capabilities::from_pb(&reply);
         Ok(*self.capabilities.get_or_init(|| caps))
     }
@@ -193,12 +193,16 @@ impl Storage for StorageClient {
     /// [`HEALTH_DEADLINE`]: `Ok` only if the server reports SERVING.
     async fn health(&self) -> Result<()> {
         use tonic_health::pb::health_check_response::ServingStatus;
-        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
-        let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
-            service: crate::server::SERVICE_NAME.to_string(),
+        let health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
+        let check = modmesh_common::server::retry_unsent(|| {
+            let mut health = health.clone();
+            let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+                service: crate::server::SERVICE_NAME.to_string(),
+            });
+            req.set_timeout(HEALTH_DEADLINE);
+            async move { health.check(req).await }
         });
-        req.set_timeout(HEALTH_DEADLINE);
-        let reply = tokio::time::timeout(HEALTH_DEADLINE, health.check(req))
+        let reply = tokio::time::timeout(HEALTH_DEADLINE, check)
             .await
             .map_err(|_| {
                 Error::timeout(format!(
@@ -221,7 +225,7 @@ impl Storage for StorageClient {
             coordinates: Some(c.to_pb()),
             ttl_seconds: ttl.as_secs().max(1),
         };
-        let url = self.grpc().presign_zip(req).await?.into_inner().url;
+        let url = rpc!(self.grpc(), presign_zip(req.clone())).url;
         Ok(Some(url).filter(|u| !u.is_empty()))
     }
 
@@ -229,19 +233,19 @@ impl Storage for StorageClient {
         let req = pb::ModuleRef {
             module: module.to_string(),
         };
-        Ok(self.grpc().list(req).await?.into_inner().versions)
+        Ok(rpc!(self.grpc(), list(req.clone())).versions)
     }
 
     async fn info(&self, c: &Coordinates) -> Result<Bytes> {
-        Ok(self.grpc().info(c.to_pb()).await?.into_inner().data)
+        Ok(rpc!(self.grpc(), info(c.to_pb())).data)
     }
 
     async fn go_mod(&self, c: &Coordinates) -> Result<Bytes> {
-        Ok(self.grpc().go_mod(c.to_pb()).await?.into_inner().data)
+        Ok(rpc!(self.grpc(), go_mod(c.to_pb())).data)
     }
 
     async fn zip(&self, c: &Coordinates) -> Result<ZipReader> {
-        let mut stream = self.grpc().zip(c.to_pb()).await?.into_inner();
+        let mut stream = rpc!(self.grpc(), zip(c.to_pb()));
         let size = match stream.message().await? {
             Some(pb::ZipChunk {
                 kind: Some(zip_chunk::Kind::Header(h)),
@@ -294,11 +298,11 @@ impl Storage for StorageClient {
     }
 
     async fn exists(&self, c: &Coordinates) -> Result<bool> {
-        Ok(self.grpc().exists(c.to_pb()).await?.into_inner().exists)
+        Ok(rpc!(self.grpc(), exists(c.to_pb())).exists)
     }
 
     async fn stat(&self, c: &Coordinates) -> Result<VersionStat> {
-        stat_from_pb(self.grpc().stat(c.to_pb()).await?.into_inner())
+        stat_from_pb(rpc!(self.grpc(), stat(c.to_pb())))
     }
 
     /// Sends the header, the zip in messages of at most `MAX_CHUNK` bytes,
@@ -321,10 +325,21 @@ impl Storage for StorageClient {
         // The feeder stops when this call ends or is dropped; its request
         // stream then ends without a commit.
         let _feeder = AbortOnDrop(tokio::spawn(feed_save(tx, header, zip, failure.clone())));
-        let body = tokio_stream::wrappers::ReceiverStream::new(rx);
+        // Each attempt's request stream draws from the one channel: an
+        // attempt that could not connect never read from it, so the next
+        // attempt sends the whole save.
+        let rx = Arc::new(Mutex::new(rx));
         // When the call returns, the feeder has recorded any failure: it
         // does so before it ends the stream the server waits for.
-        let result = self.grpc().save(tonic::Request::new(body)).await;
+        let result = modmesh_common::server::retry_unsent(|| {
+            let rx = rx.clone();
+            let body = futures::stream::poll_fn(move |cx| {
+                rx.lock().unwrap_or_else(|p| p.into_inner()).poll_recv(cx)
+            });
+            let mut grpc = self.grpc();
+            async move { grpc.save(tonic::Request::new(body)).await }
+        })
+        .await;
         if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(e);
         }
@@ -332,7 +347,7 @@ impl Storage for StorageClient {
     }
 
     async fn delete(&self, c: &Coordinates) -> Result<()> {
-        self.grpc().delete(c.to_pb()).await?;
+        rpc!(self.grpc(), delete(c.to_pb()));
         Ok(())
     }
 
@@ -354,7 +369,7 @@ impl Storage for StorageClient {
             page_size: page_size.min(u32::MAX as usize) as u32,
             module_prefix: module_prefix.to_string(),
         };
-        let page = self.grpc().catalog(req).await?.into_inner();
+        let page = rpc!(self.grpc(), catalog(req.clone()));
         Ok(CatalogPage {
             entries: page
                 .entries

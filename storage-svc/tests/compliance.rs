@@ -1662,6 +1662,59 @@ mod balancing {
             "the returning replica shares work: {back}"
         );
     }
+
+    /// A replica that stops between two re-resolutions is still in the
+    /// balance; a call that picks it cannot connect, and is made again on
+    /// the live one (after a re-resolution out of turn): no call fails.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_replica_that_stops_between_refreshes_fails_no_call() {
+        let port = free_port();
+        let a_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let b_addr: SocketAddr = ([127, 0, 0, 3], port).into();
+        let (a, b) = (
+            Arc::new(MemoryStorage::new()),
+            Arc::new(MemoryStorage::new()),
+        );
+        let _ra = replica(a_addr, a.clone()).await;
+        let rb = replica(b_addr, b.clone()).await;
+        let resolver: Resolver =
+            Arc::new(move |_: &str, _: u16| Box::pin(async move { Ok(vec![a_addr, b_addr]) }));
+        // Re-resolved only once a minute unless asked.
+        let channel = balanced_channel(
+            &format!("http://replicas.test:{port}"),
+            |e| e.timeout(Duration::from_secs(10)),
+            Duration::from_secs(60),
+            resolver,
+        )
+        .expect("channel");
+        let client = StorageClient::from_channel(channel);
+        let ns = compliance::namespace();
+        let mut first = Vec::new();
+        for round in 0..10 {
+            first = save_many(&client, &ns, round * 8, 8).await;
+            if stored(&b, &first).await > 0 && stored(&a, &first).await > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(stored(&b, &first).await > 0, "the second replica got work");
+
+        rb.stop().await;
+        let start = std::time::Instant::now();
+        let after = save_many(&client, &ns, 1000, 16).await;
+        for c in &after {
+            client
+                .info(c)
+                .await
+                .expect("a read right after a replica stopped");
+        }
+        assert_eq!(stored(&a, &after).await, after.len(), "all on the live one");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?} for 32 calls",
+            start.elapsed()
+        );
+    }
 }
 
 /// Deletions travel over `WatchDeletes`: a subscriber hears `Missed` when it
