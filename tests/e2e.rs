@@ -2476,7 +2476,15 @@ async fn streams_while_arriving(label: &str, gw: &str, w: &World, n: usize) -> R
         got.len(),
         want.len()
     );
-    ensure!(holds(&w.store, &good)?, "{label}: not stored after the zip");
+    // The body ends once the zip is verified; the save follows.
+    let saved = Instant::now();
+    while !holds(&w.store, &good)? {
+        ensure!(
+            saved.elapsed() < Duration::from_secs(20),
+            "{label}: not stored within 20 s of the zip"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let bad_body = tokio::time::timeout(Duration::from_secs(60), bad_resp.into_body().collect())
         .await
         .context("the refused zip's body neither ended nor failed")?;

@@ -86,6 +86,7 @@ impl Fetcher for FetcherClient {
                     size: z.size_known.then_some(z.size),
                 },
                 Some(Kind::ZipData(d)) => Event::ZipData(d),
+                Some(Kind::Verified(_)) => Event::Verified,
                 Some(Kind::Stored(f)) => {
                     return Ok(Fetched {
                         version: resolved(c, &f.version)?,

@@ -56,6 +56,9 @@ pub enum Event {
     },
     /// The next bytes of the zip, unchecked.
     ZipData(Bytes),
+    /// The zip whose bytes were sent passed every check (its h1 is the
+    /// checksum database's, when the module is checked); it is being saved.
+    Verified,
 }
 
 /// Where a fetcher sends its [`Event`]s. Sending never fails: when nobody

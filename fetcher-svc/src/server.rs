@@ -12,7 +12,7 @@ use modmesh_common::request_id;
 use modmesh_proto::pb::download_event::Kind;
 use modmesh_proto::pb::fetcher_server::{Fetcher as FetcherRpc, FetcherServer};
 use modmesh_proto::pb::{
-    Blob, Coordinates as PbCoordinates, DownloadEvent, DownloadMetadata, Fetched, ModuleRef,
+    Blob, Coordinates as PbCoordinates, DownloadEvent, DownloadMetadata, Empty, Fetched, ModuleRef,
     SumDbRequest, VersionList, ZipStart,
 };
 use modmesh_proto::{Coordinates, ModulePath, MAX_CHUNK, MAX_MESSAGE};
@@ -100,6 +100,7 @@ fn to_pb(e: Event) -> Vec<DownloadEvent> {
             });
             out
         }
+        Event::Verified => one(Kind::Verified(Empty {})),
     }
 }
 

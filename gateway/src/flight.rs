@@ -6,9 +6,12 @@
 //! fetcher has them, and the zip's bytes in a spool file (never in memory)
 //! as they arrive. A `.zip` request waiting on the flight reads the growing
 //! spool from its start ([`zip_reader`]), woken by the channel as bytes
-//! land; the last [`HOLD_BACK`] bytes are released only once the verdict is
-//! "stored", and a refusal ends the body with an error, so no client ever
-//! receives a whole zip that was not verified and stored.
+//! land; the last [`HOLD_BACK`] bytes are released only once the fetcher
+//! says the zip passed its checks ([`Event::Verified`], sent before the
+//! save) or the verdict is "stored", and a refusal ends the body with an
+//! error, so no client ever receives a whole zip that was not verified. The
+//! save (which hashes the zip again and syncs it to disk) is not on the
+//! client's path.
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -19,9 +22,9 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-/// The zip's tail held back from waiting clients until the version is
-/// stored: it holds the zip's central directory, so no client can use a
-/// zip that a later check refuses.
+/// The zip's tail held back from waiting clients until the zip is verified:
+/// it holds the zip's central directory, so no client can use a zip that a
+/// later check refuses.
 pub const HOLD_BACK: u64 = 64 * 1024;
 
 /// The largest piece sent to a client at once.
@@ -50,6 +53,8 @@ pub struct ZipLive {
     id: u64,
     /// The spool could not be written: readers stop.
     failed: bool,
+    /// The fetcher verified this transfer's zip: all of it may be read.
+    pub verified: bool,
 }
 
 /// Records a flight's events into its [`Live`].
@@ -103,6 +108,7 @@ impl Recorder {
                                 written: 0,
                                 id,
                                 failed: false,
+                                verified: false,
                             })
                         });
                     }
@@ -112,6 +118,11 @@ impl Recorder {
                     }
                 }
             }
+            Event::Verified => self.tx.send_modify(|l| {
+                if let Some(z) = &mut l.zip {
+                    z.verified = true;
+                }
+            }),
             Event::ZipData(b) => {
                 let Some(file) = &mut self.file else { return };
                 let wrote = async {
@@ -141,20 +152,22 @@ impl Recorder {
 }
 
 /// A reader of the zip the flight is spooling, when its size is announced,
-/// more than [`HOLD_BACK`] bytes have arrived and the flight has not ended
-/// yet; `None`: wait (for more, or for the flight, then read storage).
+/// more than [`HOLD_BACK`] bytes have arrived (or it is verified) and the
+/// flight has not ended yet; `None`: wait (for more, or for the flight, then
+/// read storage).
 pub fn zip_reader(rx: &watch::Receiver<Live>) -> Option<ZipReader> {
     let (z, id, size) = {
         let l = rx.borrow();
         if l.verdict.is_some() {
             return None;
         }
-        // Streaming starts with the first byte past the held-back tail; a
-        // zip refused before that gets the refusal as its status.
+        // Streaming starts with the first byte past the held-back tail (or
+        // once verified, for a zip no larger than it); a zip refused before
+        // that gets the refusal as its status.
         let z = l
             .zip
             .as_ref()
-            .filter(|z| !z.failed && z.written > HOLD_BACK)?;
+            .filter(|z| !z.failed && (z.written > HOLD_BACK || z.verified))?;
         (z.spool.clone(), z.id, z.size?)
     };
     let file = std::fs::File::open(z.path()).ok()?;
@@ -206,14 +219,16 @@ impl Reader {
                 ))
             }
         };
+        // Once verified, the zip is the client's whatever the save does.
+        let verified = z.verified || matches!(l.verdict, Some(Ok(())));
         match &l.verdict {
-            Some(Ok(())) if z.written == self.size => Ok((self.size, true)),
-            Some(Ok(())) => Err(Error::unavailable(format!(
+            _ if verified && z.written == self.size => Ok((self.size, true)),
+            Some(Err(e)) => Err(e.clone()),
+            _ if verified => Err(Error::unavailable(format!(
                 "the upstream sent {} zip bytes, not the {} it announced",
                 z.written, self.size
             ))),
-            Some(Err(e)) => Err(e.clone()),
-            None => Ok((z.written.saturating_sub(HOLD_BACK).min(self.size), false)),
+            _ => Ok((z.written.saturating_sub(HOLD_BACK).min(self.size), false)),
         }
     }
 
@@ -316,6 +331,48 @@ mod tests {
                 assert!(end.is_err(), "a refusal ends the body in an error");
             }
             assert!(zip_reader(&rx).is_none(), "after the verdict: storage");
+        }
+    }
+
+    /// The fetcher's word that the zip passed its checks releases the tail
+    /// before the save ends, and a save that then fails cuts nothing; a zip
+    /// no larger than the held-back tail is readable once verified.
+    #[tokio::test]
+    async fn verification_releases_the_tail_before_the_save() {
+        for (len, seed) in [(300 * 1024, 7u8), (10 * 1024, 9)] {
+            let (tx, rx) = watch::channel(Live::default());
+            let tx = Arc::new(tx);
+            let mut rec = Recorder::new(tx.clone());
+            let zip = data(len, seed);
+            rec.apply(Event::ZipStart {
+                size: Some(zip.len() as u64),
+            })
+            .await;
+            rec.apply(Event::ZipData(Bytes::copy_from_slice(&zip)))
+                .await;
+            let held = zip.len().saturating_sub(HOLD_BACK as usize);
+            let mut early = zip_reader(&rx);
+            match &mut early {
+                Some(r) => {
+                    let (got, ended) = read(&mut r.stream).await;
+                    assert_eq!(got[..], zip[..held], "all but the tail");
+                    assert!(!ended, "the tail waits for the verification");
+                }
+                None => assert_eq!(held, 0, "a small zip waits whole"),
+            }
+            rec.apply(Event::Verified).await;
+            let mut r = zip_reader(&rx).expect("a reader once verified");
+            let (all, ended) = read(&mut r.stream).await;
+            assert_eq!(all, zip, "the whole zip once verified, before any verdict");
+            assert!(ended);
+            if let Some(mut r) = early {
+                // The save fails after the verification: the reader that
+                // was waiting gets the tail all the same.
+                tx.send_modify(|l| l.verdict = Some(Err(Error::unavailable("save failed"))));
+                let (rest, ended) = read(&mut r.stream).await;
+                assert_eq!(rest[..], zip[held..], "the tail");
+                assert!(ended);
+            }
         }
     }
 }

@@ -663,12 +663,23 @@ impl NativeFetcher {
         let module = c.module.as_str().to_string();
         let (v, gm) = (version.as_str().to_string(), go_mod.clone());
         let checked = tokio::task::spawn_blocking(move || {
-            let mut zip = zip;
-            let r = zipcheck::check_zip(&mut zip, &module, &v, &gm);
+            let r = zip
+                .try_clone()
+                .and_then(zipcheck::FileAt::new)
+                .map(|at| zipcheck::check_zip(at, &module, &v, &gm));
             (r, zip)
         })
         .await
         .map_err(|e| Error::internal(format!("checking the zip: {e}")))?;
+        let checked = match checked {
+            (Ok(r), zip) => (r, zip),
+            (Err(e), _) => {
+                return Err(Error::internal(format!(
+                    "reading the spool file: {}",
+                    e.kind()
+                )))
+            }
+        };
         let (h1, mut zip) = match checked {
             (Ok(h1), zip) => (h1, zip),
             (Err(why), _) => {
@@ -687,6 +698,7 @@ impl NativeFetcher {
         if let Some(r) = records {
             r.check(&format!("{}@{version}", c.module), &h1, &mod_h1)?;
         }
+        progress.send(Event::Verified).await;
         let zip_size = zip.metadata().ok().map(|m| m.len());
         zip.rewind()
             .map_err(|e| Error::internal(format!("spool file: {}", e.kind())))?;

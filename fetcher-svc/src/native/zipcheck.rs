@@ -86,10 +86,13 @@ fn check_file_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks the zip in `file` for `module@version` against the rules in the
-/// module docs, with `go_mod` the `.mod` file; returns its `h1:` hash. The
-/// error is the reason the zip is refused.
-pub fn check_zip<R: Read + Seek>(
+/// Checks the zip read by `file` (see the module docs) against `module`,
+/// `version` and the `.mod` file's `go_mod`; returns its `h1:` hash, or why
+/// it is refused. The entries' names, kinds and declared sizes are checked
+/// first, from the central directory; then the entries are inflated and
+/// hashed on up to [`HASHERS`] threads at once (each with its own reader,
+/// a clone of `file`), since the check is on the path of every cold zip.
+pub fn check_zip<R: Read + Seek + Clone + Send>(
     file: R,
     module: &str,
     version: &str,
@@ -98,12 +101,12 @@ pub fn check_zip<R: Read + Seek>(
     let mut z = zip::ZipArchive::new(file).map_err(|e| format!("not a valid zip file: {e}"))?;
     let prefix = format!("{module}@{version}/");
     let mut folded = HashSet::new();
-    let mut files = Vec::with_capacity(z.len());
+    // (index, name, declared size, the entry is go.mod)
+    let mut entries: Vec<(usize, String, u64, bool)> = Vec::with_capacity(z.len());
     let mut total: u64 = 0;
-    let mut buf = vec![0u8; 64 << 10];
     for i in 0..z.len() {
-        let mut f = z
-            .by_index(i)
+        let f = z
+            .by_index_raw(i)
             .map_err(|e| format!("zip entry {i} is unreadable: {e}"))?;
         let name = f.name().to_string();
         let Some(rel) = name.strip_prefix(&prefix) else {
@@ -142,35 +145,151 @@ pub fn check_zip<R: Read + Seek>(
                 "module source tree too large (entry {name:?}: {declared} bytes)"
             ));
         }
-        let mut h = Sha256::new();
-        let mut n: u64 = 0;
-        let mut kept = Vec::new();
-        loop {
-            let r = f
-                .read(&mut buf)
-                .map_err(|e| format!("zip entry {name:?} is corrupt: {e}"))?;
-            if r == 0 {
-                break;
-            }
-            n += r as u64;
-            if n > declared {
-                return Err(format!("zip entry {name:?} is larger than declared"));
-            }
-            h.update(&buf[..r]);
-            if rel == "go.mod" {
-                kept.extend_from_slice(&buf[..r]);
-            }
+        total += declared;
+        let is_go_mod = rel == "go.mod";
+        entries.push((i, name, declared, is_go_mod));
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, HASHERS)
+        .min(entries.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let hashed: Vec<Result<Vec<(usize, [u8; 32])>, String>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let mut z = z.clone();
+                let (entries, next, failed) = (&entries, &next, &failed);
+                scope.spawn(move || {
+                    let mut out = Vec::new();
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if k >= entries.len() || failed.load(std::sync::atomic::Ordering::Relaxed) {
+                            return Ok(out);
+                        }
+                        let (i, name, declared, is_go_mod) = &entries[k];
+                        let r = hash_entry(
+                            &mut z,
+                            *i,
+                            name,
+                            *declared,
+                            is_go_mod.then_some(go_mod),
+                            &mut buf,
+                        );
+                        match r {
+                            Ok(sum) => out.push((k, sum)),
+                            Err(e) => {
+                                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err("the zip check failed".to_string()))
+            })
+            .collect()
+    });
+    let mut files = Vec::with_capacity(entries.len());
+    for part in hashed {
+        for (k, sum) in part? {
+            files.push((entries[k].1.clone(), sum));
         }
-        if n != declared {
-            return Err(format!("zip entry {name:?} is shorter than declared"));
-        }
-        total += n;
-        if rel == "go.mod" && kept != go_mod {
-            return Err("go.mod in the zip does not match the .mod file".to_string());
-        }
-        files.push((name, h.finalize().into()));
     }
     hash1(files)
+}
+
+/// How many threads at most inflate and hash one zip's entries.
+pub const HASHERS: usize = 4;
+
+/// Inflates entry `i` (`name`, of `declared` bytes) and returns its
+/// SHA-256; with `go_mod`, the entry must also equal it.
+fn hash_entry<R: Read + Seek>(
+    z: &mut zip::ZipArchive<R>,
+    i: usize,
+    name: &str,
+    declared: u64,
+    go_mod: Option<&[u8]>,
+    buf: &mut [u8],
+) -> Result<[u8; 32], String> {
+    let mut f = z
+        .by_index(i)
+        .map_err(|e| format!("zip entry {i} is unreadable: {e}"))?;
+    let mut h = Sha256::new();
+    let mut n: u64 = 0;
+    let mut kept = Vec::new();
+    loop {
+        let r = f
+            .read(buf)
+            .map_err(|e| format!("zip entry {name:?} is corrupt: {e}"))?;
+        if r == 0 {
+            break;
+        }
+        n += r as u64;
+        if n > declared {
+            return Err(format!("zip entry {name:?} is larger than declared"));
+        }
+        h.update(&buf[..r]);
+        if go_mod.is_some() {
+            kept.extend_from_slice(&buf[..r]);
+        }
+    }
+    if n != declared {
+        return Err(format!("zip entry {name:?} is shorter than declared"));
+    }
+    if go_mod.is_some_and(|m| kept != m) {
+        return Err("go.mod in the zip does not match the .mod file".to_string());
+    }
+    Ok(h.finalize().into())
+}
+
+/// A clonable reader of a file at its own position (`pread`), so that
+/// several threads can read one spool file at once.
+#[derive(Debug, Clone)]
+pub struct FileAt {
+    file: std::sync::Arc<std::fs::File>,
+    pos: u64,
+    len: u64,
+}
+
+impl FileAt {
+    /// A reader of `file` from its start.
+    pub fn new(file: std::fs::File) -> std::io::Result<Self> {
+        let len = file.metadata()?.len();
+        Ok(FileAt {
+            file: std::sync::Arc::new(file),
+            pos: 0,
+            len,
+        })
+    }
+}
+
+impl Read for FileAt {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(&*self.file, buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for FileAt {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let at = match to {
+            std::io::SeekFrom::Start(n) => Some(n),
+            std::io::SeekFrom::End(d) => self.len.checked_add_signed(d),
+            std::io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = at.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        Ok(self.pos)
+    }
 }
 
 #[cfg(test)]
@@ -191,6 +310,32 @@ mod tests {
     const M: &str = "example.com/a";
     const V: &str = "v1.0.0";
     const GOMOD: &[u8] = b"module example.com/a\n";
+
+    #[test]
+    fn many_entries_hash_as_one_reader_would_on_every_thread() {
+        // 300 entries of uneven sizes, hashed on several threads, from a
+        // spool file: the h1 of an independent computation.
+        let mut entries: Vec<(String, Vec<u8>)> =
+            vec![("example.com/a@v1.0.0/go.mod".to_string(), GOMOD.to_vec())];
+        for i in 0..300usize {
+            let data: Vec<u8> = (0..(i * 997) % 50_000)
+                .map(|j| (j * 31 + i) as u8)
+                .collect();
+            entries.push((format!("example.com/a@v1.0.0/d{}/f{i}.go", i % 7), data));
+        }
+        let refs: Vec<(&str, &[u8])> = entries
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.as_slice()))
+            .collect();
+        let z = zip_with(&refs);
+        let mut spool = tempfile::tempfile().unwrap();
+        spool.write_all(&z).unwrap();
+        let h = check_zip(FileAt::new(spool).unwrap(), M, V, GOMOD).unwrap();
+        assert_eq!(h, modmesh_test_support::zip_h1(&z));
+        // A go.mod that differs is found whichever thread reads it.
+        let e = check_zip(Cursor::new(z), M, V, b"module other\n").unwrap_err();
+        assert!(e.contains("go.mod"), "{e}");
+    }
 
     #[test]
     fn hashes_as_the_go_command() {

@@ -8,7 +8,9 @@
 //! or in `/usr/local/bin`, disk storage, env-only config). Every proxy gets
 //! a fresh store and fetcher directory each round, and verifies against the
 //! checksum database the go command would use. The order rotates each
-//! round. Reports the median time and the ratios to direct and to Athens.
+//! round. Before each run the page cache is dropped (as root; see
+//! `settle`). Reports the median time and the ratios to direct and to
+//! Athens.
 
 use crate::goclient::GoEnv;
 use crate::procs::{free_addr, Proc};
@@ -88,6 +90,26 @@ enum Kind {
 }
 
 impl Kind {
+    /// Every kind, in the order of the report.
+    const ALL: [Kind; 5] = [
+        Kind::Direct,
+        Kind::Embedded,
+        Kind::Mesh,
+        Kind::GoCmd,
+        Kind::Athens,
+    ];
+
+    /// The word that picks the kind in [`run`]'s `only`.
+    fn word(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Embedded => "embedded",
+            Kind::Mesh => "mesh",
+            Kind::GoCmd => "gocmd",
+            Kind::Athens => "athens",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Kind::Direct => "upstream, direct",
@@ -158,11 +180,28 @@ async fn start(kind: Kind, dir: &Path, upstream: &str) -> Result<(String, Runnin
     })
 }
 
+/// Writes dirty pages out and drops the page cache, so that every run
+/// starts from the same memory state; `false` where that is not allowed
+/// (not root). On this kind of machine a run that starts with gigabytes of
+/// page cache from the previous ones spends seconds more in the kernel
+/// writing the same files (one direct run: 1.3 s of system time after a
+/// drop, 8.4 s after a few runs without one), which made the ratios
+/// meaningless.
+fn settle() -> bool {
+    let synced = std::process::Command::new("sync")
+        .status()
+        .is_ok_and(|s| s.success());
+    synced && std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
+}
+
 /// One timed cold resolution through `proxy`.
 async fn resolve(proxy: &str, dir: &Path) -> Result<(Duration, usize)> {
     let prog = dir.join("program");
     write_program(&prog)?;
     let go = GoEnv::new(proxy)?;
+    if !settle() {
+        eprintln!("[coldgraph] the page cache could not be dropped (not root?): expect noise");
+    }
     let t = Instant::now();
     go.run(&prog, &["mod", "tidy"]).await?;
     let took = t.elapsed();
@@ -183,19 +222,26 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// Runs the section for `rounds` rounds under `dir`; returns the markdown
-/// report. Progress goes to stderr.
-pub async fn run(dir: &Path, rounds: usize) -> Result<String> {
+/// report. Progress goes to stderr. `only` (words: direct, embedded, mesh,
+/// gocmd, athens) picks some of the paths; direct is always run, as the
+/// reference.
+pub async fn run(dir: &Path, rounds: usize, only: Option<&str>) -> Result<String> {
     let upstream = crate::chains::go_env("GOPROXY")?;
     let Some(upstream) = crate::chains::first_proxy_url(&upstream) else {
         bail!("`go env GOPROXY` names no proxy ({upstream:?})");
     };
-    let mut kinds = vec![Kind::Direct, Kind::Embedded, Kind::Mesh, Kind::GoCmd];
-    let athens = athens_binary().is_some();
-    if athens {
-        kinds.push(Kind::Athens);
-    } else {
+    let picked = |k: Kind| {
+        k == Kind::Direct || only.is_none_or(|o| o.split(',').any(|w| w.trim() == k.word()))
+    };
+    let athens_installed = athens_binary().is_some();
+    if !athens_installed {
         eprintln!("[coldgraph] athens-proxy not found: Athens is left out");
     }
+    let kinds: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|&k| picked(k) && (k != Kind::Athens || athens_installed))
+        .collect();
+    let athens = kinds.contains(&Kind::Athens);
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
     let mut modules = 0;
     let mut failures: Vec<String> = Vec::new();
@@ -247,7 +293,7 @@ pub async fn run(dir: &Path, rounds: usize) -> Result<String> {
     let direct = med[0];
     let athens_t = athens.then(|| med[kinds.len() - 1]);
     let mut out = format!(
-        "### Cold dependency graph ({modules} modules, `go mod tidy`, fresh caches, {rounds} rounds, median)\n\n| through | seconds | × direct | × Athens |\n|---|---|---|---|\n"
+        "### Cold dependency graph ({modules} modules, `go mod tidy`, fresh caches and the page cache dropped before each run, {rounds} rounds, median)\n\n| through | seconds | × direct | × Athens |\n|---|---|---|---|\n"
     );
     for (i, kind) in kinds.iter().enumerate() {
         let all: Vec<String> = times[i].iter().map(|t| format!("{t:.1}")).collect();

@@ -222,7 +222,7 @@ async fn main() -> Result<()> {
     if ctx.wants("coldgraph") {
         println!(
             "{}",
-            modmesh_tests::benchsec::coldgraph::run(&ctx.dir.join("coldgraph"), 2).await?
+            modmesh_tests::benchsec::coldgraph::run(&ctx.dir.join("coldgraph"), 3, None).await?
         );
     }
     if ctx.wants("tracing") {

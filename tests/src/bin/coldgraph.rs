@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release -p modmesh-tests -p modmesh-gateway -p modmesh-storage -p modmesh-lock -p modmesh-fetcher --bins
-//! target/release/coldgraph [ROUNDS (3)]
+//! target/release/coldgraph [ROUNDS (3)] [KINDS (direct,embedded,mesh,gocmd,athens)]
 //! ```
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -13,10 +13,12 @@ async fn main() -> anyhow::Result<()> {
         .map(|r| r.parse())
         .transpose()?
         .unwrap_or(3);
+    let only = std::env::args().nth(2);
     let tmp = tempfile::Builder::new()
         .prefix("modmesh-coldgraph-")
         .tempdir()?;
-    let report = modmesh_tests::benchsec::coldgraph::run(tmp.path(), rounds).await?;
+    let report =
+        modmesh_tests::benchsec::coldgraph::run(tmp.path(), rounds, only.as_deref()).await?;
     println!("{report}");
     Ok(())
 }
