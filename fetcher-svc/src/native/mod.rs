@@ -230,6 +230,31 @@ impl std::fmt::Debug for NativeFetcher {
     }
 }
 
+/// The size of the pieces a zip is spooled and reported in.
+const SPOOL_PIECE: usize = 256 << 10;
+
+/// How long a partial piece waits for more of the body before it is
+/// spooled and reported anyway.
+const SPOOL_STALL: Duration = Duration::from_millis(5);
+
+/// Writes `piece` to the spool, then reports it.
+async fn spool_piece(
+    file: &mut tokio::fs::File,
+    piece: Bytes,
+    progress: &Progress,
+) -> std::result::Result<(), Failure> {
+    tokio::io::AsyncWriteExt::write_all(file, &piece)
+        .await
+        .map_err(|e| {
+            Failure::local(Error::internal(format!(
+                "writing the spool file: {}",
+                e.kind()
+            )))
+        })?;
+    progress.send(Event::ZipData(piece)).await;
+    Ok(())
+}
+
 /// The largest `.info` or `@v/list` answer read.
 const MAX_SMALL: usize = 16 << 20;
 
@@ -516,21 +541,38 @@ impl NativeFetcher {
             .await;
         let mut n: u64 = 0;
         let mut body = resp.bytes_stream();
-        while let Some(chunk) = body.next().await {
+        // The body's chunks (often a TLS record each) are gathered into
+        // pieces of up to SPOOL_PIECE: one spool write and one event per
+        // piece, not per chunk. A piece goes out early when the upstream
+        // pauses, so waiting clients still see bytes as they come.
+        let mut pending = bytes::BytesMut::new();
+        loop {
+            let next = if pending.is_empty() {
+                body.next().await
+            } else {
+                match tokio::time::timeout(SPOOL_STALL, body.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        let piece = pending.split().freeze();
+                        spool_piece(&mut file, piece, progress).await?;
+                        continue;
+                    }
+                }
+            };
+            let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| broken(url, &e))?;
             n += chunk.len() as u64;
             if n > zipcheck::MAX_ZIP {
                 return Err(too_large(n));
             }
-            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
-                .await
-                .map_err(|e| {
-                    Failure::local(Error::internal(format!(
-                        "writing the spool file: {}",
-                        e.kind()
-                    )))
-                })?;
-            progress.send(Event::ZipData(chunk)).await;
+            pending.extend_from_slice(&chunk);
+            if pending.len() >= SPOOL_PIECE {
+                let piece = pending.split().freeze();
+                spool_piece(&mut file, piece, progress).await?;
+            }
+        }
+        if !pending.is_empty() {
+            spool_piece(&mut file, pending.freeze(), progress).await?;
         }
         let mut zip = file.into_std().await;
         zip.flush()

@@ -155,7 +155,7 @@ pub fn check_zip<R: Read + Seek + Clone + Send>(
         .min(entries.len().max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed = std::sync::atomic::AtomicBool::new(false);
-    let hashed: Vec<Result<Vec<(usize, [u8; 32])>, String>> = std::thread::scope(|scope| {
+    let hashed: Vec<Result<Sums, String>> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 let mut z = z.clone();
@@ -204,6 +204,9 @@ pub fn check_zip<R: Read + Seek + Clone + Send>(
     }
     hash1(files)
 }
+
+/// One hashing thread's results: (position in the entry list, SHA-256).
+type Sums = Vec<(usize, [u8; 32])>;
 
 /// How many threads at most inflate and hash one zip's entries.
 pub const HASHERS: usize = 4;
