@@ -615,10 +615,11 @@ async fn hostile_paths_are_rejected() -> Result<()> {
         r.text(),
         gw.log_tail(4000)
     );
-    // `.info` is answered while the zip is still being saved; the `.zip`
-    // answers once the version is stored.
+    // `.info` is answered while the zip is still being fetched, the `.zip`
+    // once it is verified; the save ends soon after.
     let r = get(&format!("{}{}", gw.url(), url_path(BASE, "v1.0.0", "zip"))).await?;
     ensure!(r.status == StatusCode::OK, "legit .zip: {}", r.status);
+    until_stored(&root, BASE, "v1.0.0").await?;
     let before = tree(jail.path())?;
     let upstream_before = upstream.counts();
 
@@ -2367,6 +2368,22 @@ async fn tier_in_mesh(disk: bool) -> Result<()> {
 // ------------------------------------------- a cold miss while it arrives
 
 /// Whether the disk store at `root` holds anything of `module`.
+/// Waits (at most 20 s) until the disk store at `root` holds
+/// `module@version` (a lower-case path): a streamed zip's body ends once it
+/// is verified, and its save ends after.
+async fn until_stored(root: &Path, module: &str, version: &str) -> Result<()> {
+    let zip = root.join(module).join(version).join("source.zip");
+    let t = Instant::now();
+    while !zip.exists() {
+        ensure!(
+            t.elapsed() < Duration::from_secs(20),
+            "{module}@{version} not stored within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 fn holds(root: &Path, module: &str) -> Result<bool> {
     Ok(stored(root)?.iter().any(|p| p.starts_with(module)))
 }
@@ -2524,12 +2541,55 @@ async fn cold_zips_stream_while_they_arrive() -> Result<()> {
     streams_while_arriving("embedded", &gw.url(), &w, 1)
         .await
         .map_err(|e| anyhow!("{e:#}\n{}", gw.log_tail(4000)))?;
-    gw.stop()?;
+    stop_lets_the_fetch_end_stored(&mut gw, &w)
+        .await
+        .map_err(|e| anyhow!("{e:#}\n{}", gw.log_tail(4000)))?;
     let mut mesh = w.mesh().await?;
     streams_while_arriving("mesh", &mesh.gateways[0].url(), &w, 2)
         .await
         .map_err(|e| anyhow!("{e:#}\n{}", mesh.log_tails(4000)))?;
     mesh.stop()?;
+    Ok(())
+}
+
+/// Whether process `pid` runs (a zombie, exited but not yet reaped, does
+/// not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// A graceful stop lets a running fetch end stored (clients of a zip are
+/// answered once it is verified, before its save): `.mod` of a version
+/// whose zip the upstream holds at its half is answered, the gateway gets
+/// SIGTERM and is still there 0.5 s later, the upstream sends the rest, and
+/// the gateway exits 0 with the version stored.
+async fn stop_lets_the_fetch_end_stored(gw: &mut Proc, w: &World) -> Result<()> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let held = "example.com/stream/held";
+    w.proxy.add_big(held, "v1.0.0", 2 << 20)?;
+    w.upstream.set_zip_gate(true);
+    let r = get(&format!("{}{}", gw.url(), url_path(held, "v1.0.0", "mod"))).await?;
+    ensure!(
+        r.status == StatusCode::OK,
+        ".mod while the zip is held: {}",
+        r.status
+    );
+    kill(Pid::from_raw(gw.pid() as i32), Signal::SIGTERM)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure!(
+        alive(gw.pid()) && !holds(&w.store, held)?,
+        "the gateway left (or stored) before its fetch ended"
+    );
+    w.upstream.set_zip_gate(false);
+    gw.stop()?;
+    ensure!(
+        holds(&w.store, held)?,
+        "the fetch under way at SIGTERM was not stored"
+    );
     Ok(())
 }
 

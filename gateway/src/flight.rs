@@ -152,22 +152,22 @@ impl Recorder {
 }
 
 /// A reader of the zip the flight is spooling, when its size is announced,
-/// more than [`HOLD_BACK`] bytes have arrived (or it is verified) and the
-/// flight has not ended yet; `None`: wait (for more, or for the flight, then
-/// read storage).
+/// more than [`HOLD_BACK`] bytes have arrived and the flight has not ended
+/// yet; `None`: wait (for more, or for the flight, then read storage).
 pub fn zip_reader(rx: &watch::Receiver<Live>) -> Option<ZipReader> {
     let (z, id, size) = {
         let l = rx.borrow();
         if l.verdict.is_some() {
             return None;
         }
-        // Streaming starts with the first byte past the held-back tail (or
-        // once verified, for a zip no larger than it); a zip refused before
-        // that gets the refusal as its status.
+        // Streaming starts with the first byte past the held-back tail; a
+        // zip refused before that gets the refusal as its status. A zip no
+        // larger than the tail is read from storage once stored (and so
+        // fills the gateway's tier).
         let z = l
             .zip
             .as_ref()
-            .filter(|z| !z.failed && (z.written > HOLD_BACK || z.verified))?;
+            .filter(|z| !z.failed && z.written > HOLD_BACK)?;
         (z.spool.clone(), z.id, z.size?)
     };
     let file = std::fs::File::open(z.path()).ok()?;
@@ -336,7 +336,8 @@ mod tests {
 
     /// The fetcher's word that the zip passed its checks releases the tail
     /// before the save ends, and a save that then fails cuts nothing; a zip
-    /// no larger than the held-back tail is readable once verified.
+    /// no larger than the held-back tail waits for the save (and is read
+    /// from storage).
     #[tokio::test]
     async fn verification_releases_the_tail_before_the_save() {
         for (len, seed) in [(300 * 1024, 7u8), (10 * 1024, 9)] {
@@ -361,6 +362,10 @@ mod tests {
                 None => assert_eq!(held, 0, "a small zip waits whole"),
             }
             rec.apply(Event::Verified).await;
+            if held == 0 {
+                assert!(zip_reader(&rx).is_none(), "a small zip waits for the save");
+                continue;
+            }
             let mut r = zip_reader(&rx).expect("a reader once verified");
             let (all, ended) = read(&mut r.stream).await;
             assert_eq!(all, zip, "the whole zip once verified, before any verdict");

@@ -44,6 +44,7 @@ async fn main() {
     let edges = modmesh_gateway::edge::Edges::from_config(&cfg)
         .await
         .unwrap_or_else(|e| run::fail(NAME, 2, e));
+    let service = state.service().clone();
     let app = router(state.with_edges(edges));
     if embedded_all {
         run::report_unread(&cfg, &["", "Storage", "SingleFlight"]);
@@ -54,6 +55,8 @@ async fn main() {
     modmesh_gateway::edge::listen::serve(&cfg, app, stopped())
         .await
         .unwrap_or_else(|e| run::fail(NAME, e.code, e));
+    // Saves of zips already served (their clients got them once verified).
+    service.settle(grace).await;
     for s in servers {
         let _ = s.await;
     }

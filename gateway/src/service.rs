@@ -587,6 +587,38 @@ impl ModuleService {
             .map(Answer::Ready)
     }
 
+    /// Waits until no flight of this gateway runs, at most `within`. A
+    /// streamed zip is answered once it is verified and its save goes on
+    /// after, so a graceful stop waits here for those saves: what was
+    /// served is stored.
+    pub async fn settle(&self, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let running: Vec<_> = self
+                .inner
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .map(|f| f.done.clone())
+                .collect();
+            if running.is_empty() {
+                return;
+            }
+            tracing::info!(
+                flights = running.len(),
+                "waiting for running fetches to be stored"
+            );
+            if tokio::time::timeout_at(deadline, futures::future::join_all(running))
+                .await
+                .is_err()
+            {
+                tracing::warn!("shutting down with fetches still running");
+                return;
+            }
+        }
+    }
+
     /// Makes sure a canonical version is stored: one fetch per version
     /// however many requests and gateways ask at once.
     async fn ensure(&self, c: &Coordinates) -> Result<()> {
