@@ -188,12 +188,16 @@ impl Drop for LoopbackServer {
 
 /// Whether a failed call never reached a server: its connection could not
 /// be made (tonic maps the connector's error to `Unavailable` with the
-/// connector's words: "tcp connect error", "dns error", ...). Such a call can
-/// be made again whatever it does.
+/// connector's words: "tcp connect error", "dns error", ...), or the
+/// connection it was queued on closed before sending it (hyper's "operation
+/// was canceled", which tonic maps to `Cancelled`: a replica shutting down
+/// gracefully). Such a call can be made again whatever it does.
 pub fn unsent(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unavailable && {
-        let m = status.message();
-        m.starts_with("tcp ") || m.starts_with("dns error")
+    let m = status.message();
+    match status.code() {
+        tonic::Code::Unavailable => m.starts_with("tcp ") || m.starts_with("dns error"),
+        tonic::Code::Cancelled => m == "operation was canceled",
+        _ => false,
     }
 }
 
