@@ -2552,15 +2552,6 @@ async fn cold_zips_stream_while_they_arrive() -> Result<()> {
     Ok(())
 }
 
-/// Whether process `pid` runs (a zombie, exited but not yet reaped, does
-/// not).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-    })
-}
-
 /// A graceful stop lets a running fetch end stored (clients of a zip are
 /// answered once it is verified, before its save): `.mod` of a version
 /// whose zip the upstream holds at its half is answered, the gateway gets
@@ -2581,7 +2572,7 @@ async fn stop_lets_the_fetch_end_stored(gw: &mut Proc, w: &World) -> Result<()> 
     kill(Pid::from_raw(gw.pid() as i32), Signal::SIGTERM)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     ensure!(
-        alive(gw.pid()) && !holds(&w.store, held)?,
+        modmesh_tests::procs::running(gw.pid()) && !holds(&w.store, held)?,
         "the gateway left (or stored) before its fetch ended"
     );
     w.upstream.set_zip_gate(false);

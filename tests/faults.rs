@@ -38,16 +38,6 @@ fn signal(p: &Proc, s: Signal) -> Result<()> {
     kill(Pid::from_raw(p.pid() as i32), s).with_context(|| format!("{s} to {}", p.spec.label))
 }
 
-/// Whether process `pid` runs (a zombie counts as gone).
-fn running(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
 /// Processes whose process group is `pgid`, zombies left out.
 fn group_members(pgid: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -399,7 +389,10 @@ async fn a_killed_fetcher_leaves_no_go_and_no_job_dir() -> Result<()> {
     })
     .await?;
     let pgid: i32 = std::fs::read_to_string(job.join("pgid"))?.trim().parse()?;
-    assert!(running(pgid), "the go run is alive before the kill");
+    assert!(
+        modmesh_tests::procs::running(pgid as u32),
+        "the go run is alive before the kill"
+    );
     signal(&mesh.fetchers[0], Signal::SIGKILL)?;
     let killed = Instant::now();
     let got = inflight.await?;

@@ -161,24 +161,16 @@ pub async fn refresh_now() {
         all.retain(|a| a.strong_count() > 0);
         all.iter().filter_map(std::sync::Weak::upgrade).collect()
     };
-    let waits = all.into_iter().map(|asked| async move {
-        let mut passes = asked.passes.subscribe();
-        let seen = *passes.borrow_and_update();
-        asked.wake.notify_one();
-        let _ = tokio::time::timeout(REFRESH_NOW_WAIT, passes.wait_for(|n| *n > seen)).await;
-    });
-    futures_join_all(waits).await;
-}
-
-/// Runs `futures` to completion together.
-async fn futures_join_all<F: Future<Output = ()> + Send + 'static>(
-    futures: impl Iterator<Item = F>,
-) {
-    let mut set = tokio::task::JoinSet::new();
-    for f in futures {
-        set.spawn(f);
+    let mut waits = tokio::task::JoinSet::new();
+    for asked in all {
+        waits.spawn(async move {
+            let mut passes = asked.passes.subscribe();
+            let seen = *passes.borrow_and_update();
+            asked.wake.notify_one();
+            let _ = tokio::time::timeout(REFRESH_NOW_WAIT, passes.wait_for(|n| *n > seen)).await;
+        });
     }
-    while set.join_next().await.is_some() {}
+    while waits.join_next().await.is_some() {}
 }
 
 /// An endpoint of the balance: the name (before the first answer) or one

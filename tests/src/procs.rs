@@ -303,3 +303,12 @@ pub fn reset_hwm(pid: u32) -> Result<()> {
     modmesh_test_support::reset_peak_rss(&pid.to_string())
         .with_context(|| format!("reset VmHWM of {pid}"))
 }
+
+/// Whether process `pid` runs (a zombie, exited but not yet reaped, counts
+/// as gone).
+pub fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
