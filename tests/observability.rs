@@ -398,7 +398,15 @@ async fn mesh_over_mutual_tls() -> Result<()> {
         .connect()
         .await?;
     let mut c = pb::storage_client::StorageClient::new(ch);
-    ensure!(c.exists(coords(BASE, "v1.0.0")).await?.into_inner().exists);
+    // A streamed zip's body ends once it is verified; the save ends after.
+    let asked = std::time::Instant::now();
+    while !c.exists(coords(BASE, "v1.0.0")).await?.into_inner().exists {
+        ensure!(
+            asked.elapsed() < std::time::Duration::from_secs(20),
+            "not stored within 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     // Without one: the handshake (or the first call) is refused.
     let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(ca);
